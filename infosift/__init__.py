@@ -1,0 +1,1 @@
+"""infosift: information-aware data selection for SFT."""

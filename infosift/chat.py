@@ -1,0 +1,57 @@
+"""Chat-template encoding of one (prompt, response) pair with a mask of the response tokens.
+
+Every step that feeds a model (embed, finetune, held-out NLL, self-scores) encodes examples here,
+so the tokens the selector saw are exactly the tokens the model is trained and scored on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Encoded:
+    """input_ids of the full conversation; response_mask[t] is True where token t is a response token."""
+
+    input_ids: list[int]
+    response_mask: list[bool]
+
+    @property
+    def n_response(self) -> int:
+        return int(sum(self.response_mask))
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of the user turn plus the assistant header: what generation starts from."""
+    return _render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_length: int | None = None) -> Encoded:
+    """Encode user prompt + assistant response; the response span is what follows the prompt prefix.
+
+    The prompt part is rendered with the generation header, so it is a prefix of the full
+    conversation for ordinary templates; where a template breaks that, the longest common
+    prefix is taken as the prompt. Truncation keeps the prompt and cuts the response's tail.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("tokenizer has no chat template; infosift encodes examples as chat turns")
+    head = prompt_ids(tokenizer, prompt)
+    full = _render(
+        tokenizer,
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        add_generation_prompt=False,
+    )
+    n_prompt = 0
+    for a, b in zip(head, full, strict=False):
+        if a != b:
+            break
+        n_prompt += 1
+    if max_length is not None and len(full) > max_length:
+        full = full[:max_length]
+    mask = [t >= n_prompt for t in range(len(full))]
+    return Encoded(full, mask)
