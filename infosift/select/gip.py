@@ -1,0 +1,128 @@
+"""GIP: greedy information projection of query signals onto the span of the chosen sentences.
+
+Rows of F (m, d) are sentence embeddings (mean-pooled pre-logit features), rows of Q (k, d) are
+query directions. The trace relaxation of GIP's Gaussian mutual information is
+
+    f(S) = tr(Q P_S Qᵀ),   P_S = F_Sᵀ (G_SS + λI)⁻¹ F_S,   G = F Fᵀ,   C = F Qᵀ (m, k)
+         = ‖L⁻¹ C_S‖²_F    with  L Lᵀ = G_SS + λI  (Cholesky)
+
+Adding sentence i appends one row to L: l_i = L⁻¹ G_S,i and pivot ν_i = G_ii + λ − ‖l_i‖² (the
+Schur complement, ≥ λ), and one row (C_i − l_iᵀ L⁻¹C_S)/√ν_i to L⁻¹C_S; the rows above are
+unchanged. So the exact gain is
+
+    gain_i = ‖ρ_i‖² / ν_i,   ρ_i = C_i − l_iᵀ (L⁻¹ C_S)   (1, k)
+
+and after choosing j every candidate's l_i, ν_i, ρ_i gets one rank-one update:
+u_i = (G_ij − l_iᵀ l_j)/√ν_j,  ν_i −= u_i²,  ρ_i −= u_i ρ_j/√ν_j.  A step costs O(m·(k + |S|)) once
+the Gram column G_:,j is at hand; nothing is ever re-solved.
+
+Memory: the m×m Gram (8·m² bytes: 450 MB at m = 7473) is precomputed while it fits in
+``max_gram_bytes``; above that each step computes its one column F F_jᵀ in O(m·d) instead (the
+total O(n·m·d) is then still below the O(m²·d) precompute). The Cholesky rows take 8·m·n bytes.
+
+Where Q comes from (``select(..., targets=...)`` or ``select(..., scores=...)``):
+- targets: Q = the targets' mean-pooled embeddings, one query per target/dev example.
+- scores (m,) or (m, k): one query per score column, Q = Scᵀ F with each column centred, i.e. the
+  cross-covariance of embeddings and scores: the direction in embedding space along which the
+  score varies. This follows the reviewers' description of GIP (Q "connects the feature space and
+  score space", the algorithm works in the dual and never needs Q beyond C = G·Sc); the paper's exact
+  construction is unverified. Centring matters: without it a constant offset in the scores turns Q
+  into the plain mean embedding. Column scales are kept, so weighted attributes keep their weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from infosift.features import TokenFeatures
+from infosift.select import register
+from infosift.select.base import SelectionError, SelectionResult, check_budget
+
+
+def sentence_embeddings(features: TokenFeatures, normalize: bool = False) -> np.ndarray:
+    """(N, d) float64 mean-pooled embeddings, optionally L2-normalised (so length does not buy gain)."""
+    emb = features.mean_pooled().astype(np.float64)
+    if normalize:
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return emb
+
+
+def score_queries(emb: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Q (k, d) = centred scoresᵀ · F: one query direction per score column."""
+    sc = np.asarray(scores, dtype=np.float64)
+    sc = sc[:, None] if sc.ndim == 1 else sc
+    if sc.ndim != 2 or sc.shape[0] != len(emb):
+        raise SelectionError(f"scores must have shape ({len(emb)},) or ({len(emb)}, k), got {np.shape(scores)}")
+    if not np.isfinite(sc).all():
+        raise SelectionError("scores contain NaN or Inf")
+    sc = sc - sc.mean(axis=0)
+    if not np.any(sc):
+        raise SelectionError("scores are constant: they carry no query signal")
+    return sc.T @ emb
+
+
+def trace_objective(emb: np.ndarray, queries: np.ndarray, chosen: np.ndarray, ridge: float) -> float:
+    """f(S) = tr(Q P_S Qᵀ) from scratch (the reference the greedy's gains must add up to)."""
+    fs = emb[np.asarray(chosen, dtype=np.int64)]
+    if len(fs) == 0:
+        return 0.0
+    cs = fs @ queries.T
+    return float(np.sum(cs * np.linalg.solve(fs @ fs.T + ridge * np.eye(len(fs)), cs)))
+
+
+def greedy_projection(
+    emb: np.ndarray, queries: np.ndarray, budget: int, ridge: float, max_gram_bytes: float = 2**31
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy matching pursuit on f(S); returns (indices in order chosen, exact marginal gains)."""
+    m = len(emb)
+    gram = emb @ emb.T if 8.0 * m * m <= max_gram_bytes else None
+    diag = np.einsum("ij,ij->i", emb, emb)
+    rho = emb @ queries.T  # ρ_i = C_i while S is empty
+    nu = diag + ridge  # ν_i = G_ii + λ
+    chol = np.zeros((m, budget))  # row i holds l_i = L⁻¹ G_S,i
+    taken = np.zeros(m, dtype=bool)
+    indices, gains = np.empty(budget, dtype=np.int64), np.empty(budget)
+    for t in range(budget):
+        gain = np.einsum("ij,ij->i", rho, rho) / nu
+        gain[taken] = -np.inf
+        j = int(np.argmax(gain))
+        indices[t], gains[t], taken[j] = j, gain[j], True
+        g_j = gram[:, j] if gram is not None else emb @ emb[j]
+        root = np.sqrt(nu[j])
+        u = (g_j - chol[:, :t] @ chol[j, :t]) / root
+        chol[:, t] = u
+        rho -= np.outer(u, rho[j] / root)
+        nu = np.maximum(nu - u * u, ridge)  # a Schur complement of (G + λI) is >= λ; clip round-off
+    return indices, gains
+
+
+@register("gip")
+class GIPSelector:
+    """Greedy information projection; ``ridge`` > 0 is the λ of P_S (it also keeps ν_i >= λ > 0)."""
+
+    def __init__(self, ridge: float = 1.0, normalize: bool = False, max_gram_bytes: float = 2**31):
+        if not ridge > 0:
+            raise SelectionError(f"gip needs ridge > 0, got {ridge}")
+        self.ridge, self.normalize, self.max_gram_bytes = float(ridge), bool(normalize), max_gram_bytes
+
+    def select(
+        self,
+        features: TokenFeatures,
+        budget: int,
+        seed: int = 0,
+        targets: TokenFeatures | None = None,
+        scores: np.ndarray | None = None,
+    ) -> SelectionResult:
+        check_budget(features, budget)
+        if (targets is None) == (scores is None):
+            raise SelectionError("gip needs exactly one query signal: targets=TokenFeatures or scores=array")
+        emb = sentence_embeddings(features, self.normalize)
+        if targets is not None:
+            if targets.dim != features.dim:
+                raise SelectionError(f"targets have dim {targets.dim}, features have dim {features.dim}")
+            queries, query = sentence_embeddings(targets, self.normalize), "targets"
+        else:
+            queries, query = score_queries(emb, scores), "scores"
+        indices, gains = greedy_projection(emb, queries, budget, self.ridge, self.max_gram_bytes)
+        info = {"query": query, "n_queries": int(len(queries)), "ridge": self.ridge, "objective": float(gains.sum())}
+        return SelectionResult(indices=indices, gains=gains, info=info)
