@@ -1,0 +1,194 @@
+"""Load, validate and normalize SFT datasets into records {id, prompt, response, source}.
+
+A record's id is a hash of its normalized content, so the same example gets the same id in every
+manifest, on every machine, whatever file or order it came from (NeMo Curator users lose their
+ids to file-and-block-derived ones; we do not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and what is wrong."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a named dataset lives and which fields hold the prompt and the response."""
+
+    name: str
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    hub_id: str | None = None
+    hub_config: str | None = None
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "gsm8k": DatasetSpec("gsm8k", "question", "answer", hub_id="openai/gsm8k", hub_config="main"),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """A registered dataset, or a generic one whose files carry `prompt` and `response` fields."""
+    return DATASETS.get(name, DatasetSpec(name))
+
+
+# -- reading -------------------------------------------------------------------------------
+def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, row) from a .jsonl, .json (list of objects) or .parquet file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield i, row
+        return
+    raw = path.read_bytes()
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 at byte {e.start}") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: a .json dataset must be a list of objects")
+        for i, row in enumerate(rows, start=1):
+            yield i, _as_object(row, path, i)
+        return
+    n = 0
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not UTF-8 (byte {e.start} of the line)") from None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        n += 1
+        yield lineno, _as_object(row, path, lineno)
+    if n == 0:
+        raise DataError(f"{path}: no records (only blank lines)")
+
+
+def _as_object(row: object, path: Path, lineno: int) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+# -- normalizing ---------------------------------------------------------------------------
+def normalize_text(text: str) -> str:
+    """NFC, unix newlines, no trailing whitespace on lines or ends: what the id is computed over."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
+
+
+def record_id(prompt: str, response: str) -> str:
+    """Stable id: the first 16 hex digits of sha256 over the normalized prompt and response."""
+    digest = hashlib.sha256(f"{prompt}\x1f{response}".encode()).hexdigest()
+    return digest[:16]
+
+
+def normalize_row(row: dict, spec: DatasetSpec, path: Path, lineno: int) -> dict:
+    """Map a raw row to {id, prompt, response, source}; a missing or non-string field is a DataError."""
+    out = {}
+    for key, field in (("prompt", spec.prompt_field), ("response", spec.response_field)):
+        if field not in row:
+            raise DataError(f"{path}:{lineno}: missing field {field!r} (has: {', '.join(sorted(row)) or 'none'})")
+        value = row[field]
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{path}:{lineno}: field {field!r} must be a non-empty string")
+        out[key] = normalize_text(value)
+    return {"id": record_id(out["prompt"], out["response"]), **out, "source": spec.name}
+
+
+def load_file(path: str | Path, spec: DatasetSpec) -> tuple[list[dict], int]:
+    """Normalized records of one file with duplicates dropped (first occurrence kept), and the count dropped."""
+    path = Path(path)
+    seen: set[str] = set()
+    records, n_rows = [], 0
+    for lineno, row in read_rows(path):
+        n_rows += 1
+        rec = normalize_row(row, spec, path, lineno)
+        if rec["id"] not in seen:
+            seen.add(rec["id"])
+            records.append(rec)
+    return records, n_rows - len(records)
+
+
+# -- finding a dataset ---------------------------------------------------------------------
+def find_split(name: str, split: str, mirror_dir: str | Path | None) -> Path | None:
+    """The mirror file for a split: <mirror_dir>/<name>/<split>.{jsonl,json,parquet}, or None."""
+    if mirror_dir is None:
+        return None
+    for suffix in SUFFIXES:
+        candidate = Path(mirror_dir) / name / f"{split}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def fetch_from_hub(spec: DatasetSpec, split: str, cache_dir: str | Path) -> Path:
+    """Download a split with `datasets` and write it as JSONL; offline this fails with one clear line."""
+    if spec.hub_id is None:
+        raise DataError(f"dataset {spec.name!r}: no local mirror file and no hub id to fall back on")
+    out = Path(cache_dir) / spec.name / f"{split}.jsonl"
+    if out.exists():
+        return out
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split)
+    except Exception as e:  # the hub client raises many types; all mean "not available here"
+        raise DataError(
+            f"dataset {spec.name!r} split {split!r}: not in the local mirror and the hub "
+            f"({spec.hub_id}) is unreachable: {type(e).__name__}"
+        ) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for row in ds:
+            f.write(json.dumps(row) + "\n")
+    tmp.rename(out)
+    return out
+
+
+def locate(name: str, split: str, mirror_dir: str | Path | None, hub_cache: str | Path) -> Path:
+    """Sources in order: the local mirror directory, then the hub id (cached as JSONL)."""
+    return find_split(name, split, mirror_dir) or fetch_from_hub(dataset_spec(name), split, hub_cache)
+
+
+def subsample(records: list[dict], size: int | None, seed: int) -> list[dict]:
+    """A seeded subset of `size` records, kept in their original order; None or >= len keeps all."""
+    if size is None or size >= len(records):
+        return list(records)
+    idx = np.sort(np.random.default_rng(seed).choice(len(records), size=size, replace=False))
+    return [records[int(i)] for i in idx]
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Read records written by write_jsonl (already normalized)."""
+    return [row for _, row in read_rows(path)]

@@ -1,0 +1,73 @@
+"""Selection manifests and content hashes: every artifact that feeds a later step says what made it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def canonical_json(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(obj: object) -> str:
+    """sha256 of the canonical JSON form: equal content, equal hash, whatever the key order."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def path_sha256(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's (relative name, file hash) list."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    entries = [(str(p.relative_to(path)), file_sha256(p)) for p in sorted(path.rglob("*")) if p.is_file()]
+    return content_hash(entries)
+
+
+def build_manifest(
+    *,
+    variant: str,
+    selector: str,
+    params: dict,
+    budget: int,
+    seed: int,
+    ids: list[str],
+    indices: np.ndarray,
+    gains: np.ndarray | None,
+    inputs: dict[str, str],
+    seconds: float | None = None,
+) -> dict:
+    """The selection manifest; its `hash` covers everything but itself (and the wall time)."""
+    body = {
+        "variant": variant,
+        "selector": selector,
+        "params": params,
+        "budget": int(budget),
+        "seed": int(seed),
+        "ids": [ids[int(i)] for i in indices],
+        "indices": [int(i) for i in indices],
+        "gains": None if gains is None else [float(g) for g in gains],
+        "inputs": inputs,
+    }
+    manifest = {**body, "hash": content_hash(body)}
+    if seconds is not None:
+        manifest["seconds"] = round(float(seconds), 3)
+    return manifest
+
+
+def verify_manifest(manifest: dict) -> None:
+    """Raise ValueError if the manifest was edited after it was written."""
+    body = {k: v for k, v in manifest.items() if k not in ("hash", "seconds")}
+    if content_hash(body) != manifest.get("hash"):
+        raise ValueError("manifest hash does not match its content (edited by hand?)")

@@ -1,0 +1,65 @@
+"""download: a named dataset -> pool / target / test records plus a data manifest with hashes.
+
+Sources in order: the local mirror directory (default ../shared/data), then the dataset's hub id.
+The target slice (for GIP's query set) is held out from the train split, never from test.
+"""
+
+from __future__ import annotations
+
+import json
+
+from infosift.data import dataset_spec, load_file, locate, subsample, write_jsonl
+from infosift.manifest import file_sha256
+from stages._common import StageError, atomic_output, params, run
+
+OUT = "data/download"
+
+
+def main(argv: list[str]) -> None:
+    p = params("download")
+    spec = dataset_spec(p["dataset"])
+    train_path = locate(spec.name, p.get("train_split", "train"), p.get("mirror_dir"), p["hub_cache"])
+    test_path = locate(spec.name, p.get("test_split", "test"), p.get("mirror_dir"), p["hub_cache"])
+    train, train_dupes = load_file(train_path, spec)
+    test, test_dupes = load_file(test_path, spec)
+
+    # Never let a test example into training, even if the source splits overlap.
+    test_ids = {r["id"] for r in test}
+    leaked = sum(r["id"] in test_ids for r in train)
+    train = [r for r in train if r["id"] not in test_ids]
+
+    target_size = int(p.get("target_size", 0))
+    if target_size >= len(train):
+        raise StageError(f"target_size {target_size} leaves no training pool ({len(train)} train records)")
+    target = subsample(train, target_size, seed=p["seed"] + 1) if target_size else []
+    target_ids = {r["id"] for r in target}
+    rest = [r for r in train if r["id"] not in target_ids]
+    pool_size = p.get("pool_size")
+    if pool_size is not None and int(pool_size) > len(rest):
+        raise StageError(f"pool_size {pool_size} is larger than the {len(rest)} train records available")
+    pool = subsample(rest, pool_size, seed=p["seed"])
+    test = subsample(test, p.get("test_size"), seed=p["seed"])
+
+    with atomic_output(OUT) as tmp:
+        tmp.mkdir()
+        for name, recs in (("pool", pool), ("target", target), ("test", test)):
+            write_jsonl(tmp / f"{name}.jsonl", recs)
+        manifest = {
+            "dataset": spec.name,
+            "sources": {"train": str(train_path), "test": str(test_path)},
+            "source_sha256": {"train": file_sha256(train_path), "test": file_sha256(test_path)},
+            "counts": {"pool": len(pool), "target": len(target), "test": len(test)},
+            "duplicates_dropped": {"train": train_dupes, "test": test_dupes},
+            "train_examples_also_in_test_dropped": leaked,
+            "params": p,
+            "sha256": {n: file_sha256(tmp / f"{n}.jsonl") for n in ("pool", "target", "test")},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(
+        f"download: {spec.name} pool={len(pool)} target={len(target)} test={len(test)} "
+        f"(duplicates dropped: train {train_dupes}, test {test_dupes}) from {train_path.parent}"
+    )
+
+
+if __name__ == "__main__":
+    run(main)
