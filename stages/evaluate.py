@@ -1,0 +1,57 @@
+"""evaluate@<name>: held-out NLL and lm-eval GSM8K of one model ('base' = the un-tuned reference)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from infosift.data import read_records
+from infosift.evaluate import gsm8k_lm_eval, heldout_nll
+from stages._common import StageError, atomic_output, params, run
+from stages.model import base_model_dir
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise StageError("usage: python -m stages.evaluate NAME   (NAME = base or <variant>-<budget>-<loss>)")
+    name = argv[0]
+    p = params("evaluate")
+    model_dir = base_model_dir()[0] if name == "base" else Path("models") / name
+    if not (Path(model_dir) / "config.json").exists():
+        raise StageError(f"no model at {model_dir}; run its finetune stage first")
+    test = read_records("data/download/test.jsonl")
+    n_test = p.get("n_test")
+    metrics: dict = {"model": name}
+    with atomic_output(Path("results/evaluate") / name) as tmp:
+        tmp.mkdir()
+        nll = heldout_nll(
+            str(model_dir),
+            test[: n_test or None],
+            max_length=int(p.get("max_length", 512)),
+            batch_size=int(p.get("batch_size", 8)),
+            device=p.get("device"),
+        )
+        metrics.update(nll)
+        gsm = p.get("gsm8k") or {}
+        if gsm.get("limit", 0):
+            gsm_path = tmp / "gsm8k_test.jsonl"  # lm-eval reads GSM8K's own field names
+            gsm_path.write_text(
+                "".join(json.dumps({"question": r["prompt"], "answer": r["response"]}) + "\n" for r in test)
+            )
+            res = gsm8k_lm_eval(
+                str(model_dir),
+                str(gsm_path.resolve()),
+                limit=int(gsm["limit"]),
+                out_dir=str(tmp / "gsm8k_samples"),
+                batch_size=int(gsm.get("batch_size", 8)),
+                max_gen_toks=int(gsm.get("max_gen_toks", 256)),
+                device=p.get("device"),
+            )
+            gsm_path.unlink()
+            metrics.update({f"gsm8k_{k}": v for k, v in res.items()})
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print("evaluate: " + json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,65 @@
+"""finetune@<variant>-<budget>-<loss>: SFT of the base model on one selection, saved as an HF dir."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from infosift.data import read_records
+from infosift.manifest import content_hash, verify_manifest
+from infosift.models import load_model_and_tokenizer, model_fingerprint
+from infosift.train import TrainConfig, finetune
+from stages._common import StageError, atomic_output, params, run, variant_name
+from stages.model import base_model_dir
+
+LOSSES = ("nll", "dft", "infosift")
+
+
+def chosen_records(manifest: dict, pool: list[dict]) -> list[dict]:
+    """The selected records, in selection order, looked up by stable id (not by position)."""
+    by_id = {r["id"]: r for r in pool}
+    missing = [i for i in manifest["ids"] if i not in by_id]
+    if missing:
+        raise StageError(f"{len(missing)} selected ids are not in the pool (first: {missing[0]}); rerun select")
+    return [by_id[i] for i in manifest["ids"]]
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 3:
+        raise StageError("usage: python -m stages.finetune VARIANT BUDGET LOSS")
+    variant, budget, loss = argv[0], int(argv[1]), argv[2]
+    if loss not in LOSSES:
+        raise StageError(f"unknown loss_type {loss!r}; use one of {', '.join(LOSSES)}")
+    p = dict(params("finetune")["train"])
+    manifest_path = Path("results/select") / variant_name(variant, budget) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    verify_manifest(manifest)
+    records = chosen_records(manifest, read_records("data/download/pool.jsonl"))
+
+    base_dir, trust = base_model_dir()
+    model, tokenizer = load_model_and_tokenizer(base_dir, device=p.pop("device", None), trust_remote_code=trust)
+    cfg = TrainConfig(loss_type=loss, **p)
+    name = variant_name(variant, budget, loss)
+    with atomic_output(Path("models") / name) as tmp:
+        history = finetune(model, tokenizer, records, tmp, cfg, device=str(model.device))
+        provenance = {
+            "base_model": str(base_dir),
+            "base_fingerprint": model_fingerprint(base_dir),
+            "manifest_hash": manifest["hash"],
+            "train_config": cfg.__dict__,
+            "train_config_hash": content_hash(cfg.__dict__),
+            "n_train": len(records),
+        }
+        (tmp / "infosift.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    with atomic_output(Path("results/finetune") / name) as tmp:
+        tmp.mkdir()
+        with (tmp / "train_loss.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "lr"])
+            writer.writeheader()
+            writer.writerows(history)
+    print(f"finetune: {name} on {len(records)} examples, {len(history)} steps, final loss {history[-1]['loss']:.4f}")
+
+
+if __name__ == "__main__":
+    run(main)
