@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from itertools import product
 from pathlib import Path
@@ -131,6 +132,7 @@ def main(argv: list[str]) -> None:
     tags = {
         "git_commit": git_commit(),
         "infosift.dataset": all_params["download"]["dataset"],
+        "prefect.flow_run_id": os.environ.get("INFOSIFT_PIPELINE_RUN", ""),
         **{f"dvc.md5.{p}": m for stage in ("download", "embed") for p, m in lock.get(stage, {}).items()},
     }
     run_id = log_pipeline(

@@ -1,0 +1,65 @@
+"""Prefect flow: the DVC stages in order, one `dvc repro <stage>` at a time, with retries and logs.
+
+DVC decides what is stale and caches by content; Prefect adds retries, a run history and
+schedules, and caches nothing itself (cache_policy=NONE): caching twice is how stale results leak.
+Stages run one at a time because DVC holds a workspace lock.
+
+    python -m flows.pipeline                    # the whole pipeline (ephemeral Prefect API)
+    python -m flows.pipeline --stages select compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+STAGES = ["download", "embed", "select", "finetune", "evaluate_base", "evaluate", "compare"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@task(retries=2, retry_delay_seconds=30, cache_policy=NONE, task_run_name="dvc repro {stage}")
+def dvc_repro(stage: str, force: bool = False) -> None:
+    """Run one stage (all items of a matrix stage) and stream its output into the Prefect log."""
+    logger = get_run_logger()
+    cmd = ["dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
+    env = {**os.environ, "INFOSIFT_PIPELINE_RUN": str(flow_run.get_id() or "")}
+    logger.info("$ %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        if line and "\r" not in line:  # skip progress-bar redraws; they are for terminals
+            logger.info(line)
+    if proc.wait() != 0:
+        raise RuntimeError(f"dvc repro {stage} failed with exit code {proc.returncode}")
+
+
+@flow(name="infosift-pipeline", log_prints=True)
+def pipeline(stages: list[str] | None = None, force: bool = False) -> None:
+    """download -> embed -> select -> finetune -> evaluate -> compare, each through DVC."""
+    for stage in stages or STAGES:
+        dvc_repro(stage, force=force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
+    parser.add_argument("--force", action="store_true", help="rerun the stages even if DVC finds them up to date")
+    args = parser.parse_args(argv)
+    try:
+        pipeline(stages=args.stages, force=args.force)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""download's library half: parsing, validation errors with file:line, stable ids, dedup, subsampling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infosift.data import DataError, DatasetSpec, load_file, normalize_text, read_rows, record_id, subsample
+
+SPEC = DatasetSpec("t", "question", "answer")
+
+
+def write(tmp_path, name, text: bytes | str):
+    p = tmp_path / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+def test_jsonl_records_have_stable_content_ids(tmp_path):
+    rows = [{"question": "q1 ", "answer": "a1\r\n"}, {"question": "q2", "answer": "a2"}]
+    p = write(tmp_path, "x.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    recs, dupes = load_file(p, SPEC)
+    assert dupes == 0
+    assert [r["prompt"] for r in recs] == ["q1", "q2"]
+    assert recs[0]["id"] == record_id("q1", "a1") and len(recs[0]["id"]) == 16
+    assert recs[0]["source"] == "t"
+    # same content in another file, order and format -> same ids
+    p2 = write(tmp_path, "y.json", json.dumps(list(reversed(rows))))
+    recs2, _ = load_file(p2, SPEC)
+    assert {r["id"] for r in recs2} == {r["id"] for r in recs}
+
+
+def test_duplicates_dropped_deterministically_and_counted(tmp_path):
+    rows = [{"question": "q", "answer": "a"}, {"question": "q ", "answer": "a"}, {"question": "z", "answer": "a"}]
+    p = write(tmp_path, "d.jsonl", "\n".join(json.dumps(r) for r in rows))
+    recs, dupes = load_file(p, SPEC)
+    assert dupes == 1 and [r["prompt"] for r in recs] == ["q", "z"]
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"question": ["a", "b"], "answer": ["1", "2"]}), p)
+    recs, _ = load_file(p, SPEC)
+    assert [r["response"] for r in recs] == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"question": "q", "answer": "a"}\n{"question": "q2", "answer"\n', r"m\.jsonl:2: malformed JSON"),
+        (b'{"question": "q", "answer": "a"}\n{"question": "q2"}\n', r"m\.jsonl:2: missing field 'answer'"),
+        (b'{"question": "q", "answer": "a"}\n{"question": "\xff\xfe", "answer": "a"}\n', r"m\.jsonl:2: not UTF-8"),
+        (b"", r"m\.jsonl: file is empty"),
+        (b"\n\n", r"m\.jsonl: no records"),
+        (b'["not", "an object"]\n', r"m\.jsonl:1: expected a JSON object"),
+        (b'{"question": "", "answer": "a"}\n', r"m\.jsonl:1: field 'question' must be a non-empty string"),
+    ],
+)
+def test_bad_input_names_file_line_and_problem(tmp_path, content, expected):
+    p = write(tmp_path, "m.jsonl", content)
+    with pytest.raises(DataError, match=expected):
+        load_file(p, SPEC)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        list(read_rows(tmp_path / "nope.jsonl"))
+
+
+def test_normalize_text():
+    assert normalize_text("a  \r\nb\t\n\n") == "a\nb"
+
+
+def test_subsample_is_seeded_and_order_preserving():
+    recs = [{"id": str(i)} for i in range(100)]
+    a, b = subsample(recs, 10, seed=3), subsample(recs, 10, seed=3)
+    assert a == b and len(a) == 10
+    assert [int(r["id"]) for r in a] == sorted(int(r["id"]) for r in a)
+    assert subsample(recs, 10, seed=4) != a
+    assert subsample(recs, None, seed=0) == recs
