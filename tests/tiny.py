@@ -35,7 +35,8 @@ def gsm_rows(n: int, seed: int = 0) -> list[dict]:
         else:
             big, small = max(a, b), min(a, b)
             q = f"tom has {big} apples and gives away {small} . how many apples are left ?"
-            ans = f"tom has {big} minus {small} = <<{big}-{small}={big - small}>> {big - small} left . #### {big - small}"
+            d = big - small
+            ans = f"tom has {big} minus {small} = <<{big}-{small}={d}>> {d} left . #### {d}"
         rows.append({"question": q, "answer": ans})
     return rows
 

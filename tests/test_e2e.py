@@ -1,0 +1,167 @@
+"""End to end: `dvc repro` of the real dvc.yaml in a temporary git repo, on a tiny model and tiny data.
+
+Asserts the manifests, metrics and MLflow runs it leaves, that a second `dvc repro` runs nothing,
+and that changing one selector's params reruns only that selector's branch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.tiny import gsm_rows, save_tiny_model, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_PARAMS = {
+    "model": {"base_model": None, "cache_dir": ".cache/models", "trust_remote_code": False},
+    "download": {
+        "dataset": "gsm8k",
+        "mirror_dir": None,
+        "hub_cache": ".cache/datasets",
+        "pool_size": 40,
+        "target_size": 8,
+        "test_size": 10,
+        "seed": 0,
+    },
+    "embed": {"part": "response", "max_length": 64, "batch_tokens": 512, "shard_size": 16, "dtype": "float16"},
+    "select": {
+        "run": ["random", "fishersft"],
+        "budgets": [6],
+        "seed": 0,
+        "variants": {"random": {"selector": "random"}, "fishersft": {"selector": "fishersft", "ridge": 1.0}},
+    },
+    "finetune": {
+        "losses": ["nll"],
+        "train": {
+            "lr": 1e-3,
+            "epochs": 1,
+            "batch_size": 3,
+            "grad_accum": 1,
+            "max_length": 64,
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.0,
+            "infosft_p": 0.93,
+            "seed": 0,
+            "lora": None,
+        },
+    },
+    "evaluate": {
+        "n_test": 6,
+        "max_length": 64,
+        "batch_size": 4,
+        "gsm8k": {"limit": 2, "max_gen_toks": 8, "batch_size": 2},
+    },
+    "compare": {"mlflow": True, "experiment": "e2e", "log_models": True},
+}
+
+
+def sh(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git+DVC repo holding this project's dvc.yaml, stages and library, with tiny params."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    repo = tmp / "repo"
+    repo.mkdir()
+    for item in ("dvc.yaml", "stages", "infosift"):
+        src = ROOT / item
+        (
+            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy(src, repo / item)
+        )
+    mirror = tmp / "mirror"
+    write_jsonl(mirror / "gsm8k" / "train.jsonl", gsm_rows(60, seed=0))
+    write_jsonl(mirror / "gsm8k" / "test.jsonl", gsm_rows(12, seed=99))
+    params = json.loads(json.dumps(TINY_PARAMS))
+    params["model"]["base_model"] = str(save_tiny_model(tmp / "tiny-model"))
+    params["download"]["mirror_dir"] = str(mirror)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("/data/\n/results/\n/models/\n/mlflow.db\n/mlartifacts/\n/.cache/\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(repo),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "t@t"],
+        ["git", "config", "user.name", "t"],
+        ["dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "init"],
+    ):
+        sh(cmd, repo, env)
+    out = sh(["dvc", "repro"], repo, env)
+    return repo, env, out
+
+
+def test_first_repro_writes_manifests_metrics_and_plots(repo):
+    root, _, _ = repo
+    for variant in ("random-6", "fishersft-6"):
+        manifest = json.loads((root / "results/select" / variant / "manifest.json").read_text())
+        assert len(manifest["ids"]) == 6 == len(set(manifest["indices"]))
+        assert manifest["inputs"]["features"] and len(manifest["hash"]) == 64
+    fisher = json.loads((root / "results/select/fishersft-6/manifest.json").read_text())
+    assert fisher["gains"] == sorted(fisher["gains"], reverse=True)  # greedy gains never increase
+    for name in ("base", "random-6-nll", "fishersft-6-nll"):
+        metrics = json.loads((root / "results/evaluate" / name / "metrics.json").read_text())
+        assert metrics["nll_per_token"] > 0 and metrics["n_examples"] == 6
+        assert 0.0 <= metrics["gsm8k_exact_match_strict"] <= 1.0
+    table = (root / "results/compare/table.csv").read_text().splitlines()
+    assert len(table) == 1 + 3
+    for png in ("nll_per_token.png", "gsm8k_exact_match_strict.png"):
+        assert (root / "results/compare" / png).read_bytes()[:4] == b"\x89PNG"
+    assert (root / "models/fishersft-6-nll/config.json").exists()
+
+
+def test_mlflow_has_parent_and_nested_variant_runs(repo):
+    import mlflow
+
+    root, env, _ = repo
+    client = mlflow.tracking.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1
+    names = {r.info.run_name for r in children}
+    assert names == {"base", "random-6-nll", "fishersft-6-nll"}
+    fisher = next(r for r in children if r.info.run_name == "fishersft-6-nll")
+    assert "nll_per_token" in fisher.data.metrics
+    assert fisher.data.tags["infosift.manifest_hash"]
+    assert any(k.startswith("dvc.md5.") for k in fisher.data.tags)
+    assert parents[0].data.tags["git_commit"] != "unknown"
+    artifacts = {a.path for a in client.list_artifacts(fisher.info.run_id)}
+    assert {"manifest", "metrics", "model"} <= artifacts
+
+
+def test_second_repro_runs_nothing(repo):
+    root, env, _ = repo
+    out = sh(["dvc", "repro"], root, env)
+    assert "Running stage" not in out, out
+    status = sh(["dvc", "status"], root, env)
+    assert "up to date" in status.lower(), status
+
+
+def test_select_param_change_reruns_only_its_branch(repo):
+    root, env, _ = repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["select"]["variants"]["fishersft"]["ridge"] = 2.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(["dvc", "repro"], root, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"select@fishersft-6", "finetune@fishersft-6-nll", "evaluate@fishersft-6-nll", "compare"}, ran
