@@ -1,0 +1,54 @@
+"""Token-weighted SFT losses: NLL, DFT and InfoSFT differ only in the (stop-gradient) weight of -log q.
+
+With q = π_θ(y_t | x, y_<t), the current model's probability of the target token:
+
+    nll:      w(q) = 1
+    dft:      w(q) = q                                   (Wu et al. 2025)
+    infosift: w(q) = q · max(0, 1 − logit(q)/logit(P))   (InfoSFT, P = 0.93 → logit(P) ≈ 2.587)
+
+InfoSFT switches off tokens the model already predicts with q >= P and, relative to DFT, up-weights
+low- and medium-confidence tokens. The weight is always detached, so the gradient is w(q)·∇(−log q).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("nll", "dft", "infosift")
+
+
+def token_weight(q: torch.Tensor, loss_type: str, P: float = 0.93) -> torch.Tensor:
+    """Detached weight of each token's −log q (same shape as q)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+    q = q.detach()
+    if loss_type == "nll":
+        return torch.ones_like(q)
+    if loss_type == "dft":
+        return q.clone()
+    if not 0.5 < P < 1.0:
+        raise ValueError(f"infosift needs 0.5 < P < 1 (logit(P) > 0), got {P}")
+    tiny = torch.finfo(q.dtype).tiny
+    qc = q.clamp(min=tiny, max=1.0)  # q = 0 would give 0·inf; q = 1 gives logit = inf and weight 0
+    logit = torch.log(qc) - torch.log1p(-qc)
+    return qc * torch.relu(1.0 - logit / math.log(P / (1.0 - P)))
+
+
+def weighted_token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, loss_type: str = "nll", P: float = 0.93
+) -> torch.Tensor:
+    """Weighted mean of −log q over response tokens: Σ_t m_t·sg[w(q_t)]·(−log q_t) / Σ_t m_t.
+
+    Already shifted: ``logits[..., t, :]`` predicts ``labels[..., t]`` (pass ``logits[:, :-1]``,
+    ``input_ids[:, 1:]``, ``response_mask[:, 1:]``). Computed in float32 whatever the logits dtype.
+    Masked positions may hold any label (e.g. -100); a batch with no response token gives 0.
+    """
+    mask = mask.to(torch.float32)
+    safe = torch.where(mask > 0, labels, torch.zeros_like(labels))
+    logq = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), safe.reshape(-1), reduction="none")
+    logq = logq.view(labels.shape)
+    w = token_weight(logq.exp(), loss_type, P)
+    return -(w * logq * mask).sum() / mask.sum().clamp(min=1.0)
