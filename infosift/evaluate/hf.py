@@ -1,0 +1,66 @@
+"""Load a local HF causal LM and decode greedily in batches: the one generation path of evaluation.
+
+Answers and judge verdicts are both produced here, so both use the same chat encoding
+(infosift.chat.prompt_ids) and the same deterministic decoding.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from infosift.chat import prompt_ids
+
+
+def pick_device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_causal_lm(model_dir: str, device: str | None = None):
+    """(model in eval mode on device, tokenizer). float32 on CPU: bf16 matmuls are slow there."""
+    device = pick_device(device)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    return model, tokenizer
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding, so every row's last real token sits at the same position where decoding starts."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        attn[i, width - len(s) :] = 1
+    return ids, attn
+
+
+@torch.no_grad()
+def greedy_chat(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy replies to single-turn user prompts, rendered with the tokenizer's chat template."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    out: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        rows = order[start : start + batch_size]
+        ids, attn = _left_pad([encoded[i] for i in rows], pad_id)
+        gen = model.generate(
+            input_ids=ids.to(model.device),
+            attention_mask=attn.to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )
+        for i, row in zip(rows, gen[:, ids.shape[1] :], strict=True):
+            out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return out

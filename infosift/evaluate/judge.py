@@ -1,0 +1,188 @@
+"""MT-Bench-style judged suite, offline: first-turn answers scored 1..10 by a pluggable judge.
+
+Not MT-Bench: no GPT-4 judge, first turns only, and the default judge is a small local
+model, so scores are only comparable between runs that share judge, questions and limit.
+Three judges, one protocol (judge prompt text -> rating or None when unparseable):
+- LocalJudge: a local HF chat model given MT-Bench's own single-answer judge prompt;
+- any callable (tests, or a stronger judge when one is available);
+- overlap_rating: token-F1 against the GPT-4 reference, 1 + 9*F1, where a reference exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from infosift.evaluate.hf import greedy_chat, load_causal_lm
+
+LABEL = "MT-Bench-style (first turn, offline judge), not comparable to published MT-Bench"
+NEED_REF_CATEGORIES = ("math", "reasoning", "coding")  # MT-Bench judges these against a reference
+
+Judge = Callable[[str], float | None]
+
+_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+_WORD = re.compile(r"\w+")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def parse_rating(text: str) -> float | None:
+    """The last '[[x]]' with 1 <= x <= 10 in the judge's reply; None when there is none."""
+    for m in reversed(_RATING.findall(text)):
+        if 1.0 <= float(m) <= 10.0:
+            return float(m)
+    return None
+
+
+def judge_prompt(templates: dict[str, dict], question: dict, answer: str, reference: str | None) -> str:
+    """MT-Bench single-answer judge prompt; the reference-guided one for math/reasoning/coding."""
+    if question["category"] in NEED_REF_CATEGORIES and reference is not None:
+        return templates["single-math-v1"]["prompt_template"].format(
+            question=question["turns"][0], ref_answer_1=reference, answer=answer
+        )
+    return templates["single-v1"]["prompt_template"].format(question=question["turns"][0], answer=answer)
+
+
+def token_f1(answer: str, reference: str) -> float:
+    """SQuAD-style bag-of-words F1 on lower-cased word tokens."""
+    a, r = _WORD.findall(answer.lower()), _WORD.findall(reference.lower())
+    common = sum((Counter(a) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(a), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def overlap_rating(answer: str, reference: str) -> float:
+    """Model-free fallback on the judge's 1..10 scale: 1 + 9 * token-F1 against the reference."""
+    return 1.0 + 9.0 * token_f1(answer, reference)
+
+
+class LocalJudge:
+    """A local HF chat model as judge: MT-Bench judge prompt in, '[[rating]]' parsed out."""
+
+    def __init__(self, model_dir: str, max_new_tokens: int = 256, batch_size: int = 4, device: str | None = None):
+        self.model, self.tokenizer = load_causal_lm(model_dir, device)
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.replies: list[str] = []  # kept so a person can read why a score came out as it did
+
+    def judge_many(self, prompts: list[str]) -> list[float | None]:
+        self.replies = greedy_chat(
+            self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size, desc="judge"
+        )
+        return [parse_rating(r) for r in self.replies]
+
+    def __call__(self, prompt: str) -> float | None:
+        return self.judge_many([prompt])[0]
+
+
+def _means(scores: list[float | None], categories: list[str]) -> tuple[float | None, dict[str, float]]:
+    """Overall and per-category means over the scored (non-None) items."""
+    by_cat: dict[str, list[float]] = defaultdict(list)
+    for s, c in zip(scores, categories, strict=True):
+        if s is not None:
+            by_cat[c].append(s)
+    valid = [s for s in scores if s is not None]
+    overall = sum(valid) / len(valid) if valid else None
+    return overall, {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
+
+
+def mt_bench_judged(
+    model_dir: str,
+    questions_path: str,
+    reference_path: str,
+    judge_prompts_path: str,
+    judge: Judge | str = "local",
+    judge_model_dir: str | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    judge_max_new_tokens: int = 256,
+    batch_size: int = 4,
+    device: str | None = None,
+    out_dir: str | None = None,
+) -> dict:
+    """Answer the first `limit` MT-Bench first turns with model_dir, then score every answer.
+
+    judge: "local" (LocalJudge on judge_model_dir), "overlap" (reference F1 only) or a callable.
+    The overlap score is always reported too, on the questions that have a GPT-4 reference.
+    """
+    if judge == "local" and judge_model_dir is None:
+        raise ValueError("judge='local' needs judge_model_dir (a local HF chat model)")
+    questions = read_jsonl(questions_path)[:limit]
+    refs = {r["question_id"]: r["choices"][0]["turns"][0] for r in read_jsonl(reference_path)}
+    templates = {t["name"]: t for t in read_jsonl(judge_prompts_path)}
+
+    model, tokenizer = load_causal_lm(model_dir, device)
+    answers = greedy_chat(model, tokenizer, [q["turns"][0] for q in questions], max_new_tokens, batch_size, "answer")
+    del model
+
+    prompts = [
+        judge_prompt(templates, q, a, refs.get(q["question_id"])) for q, a in zip(questions, answers, strict=True)
+    ]
+    overlap = [
+        overlap_rating(a, refs[q["question_id"]]) if q["question_id"] in refs else None
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    judge_name, judge_replies = _judge_name(judge, judge_model_dir), None
+    if judge == "overlap":
+        scores = overlap
+    elif judge == "local":
+        local = LocalJudge(judge_model_dir, judge_max_new_tokens, batch_size, device)
+        scores, judge_replies = local.judge_many(prompts), local.replies
+    elif callable(judge):
+        scores = [judge(p) for p in prompts]
+    else:
+        raise ValueError(f"unknown judge {judge!r}: use 'local', 'overlap' or a callable")
+
+    categories = [q["category"] for q in questions]
+    overall, per_category = _means(scores, categories)
+    overlap_overall, overlap_per_category = _means(overlap, categories)
+    if out_dir is not None:
+        _write_log(out_dir, questions, answers, prompts, scores, overlap, judge_replies)
+    return {
+        "label": LABEL,
+        "judge": judge_name,
+        "n": len(questions),
+        "n_scored": sum(s is not None for s in scores),
+        "overall": overall,
+        "per_category": per_category,
+        "overlap_overall": overlap_overall,
+        "overlap_per_category": overlap_per_category,
+        "n_overlap": sum(s is not None for s in overlap),
+    }
+
+
+def _judge_name(judge: Judge | str, judge_model_dir: str | None) -> str:
+    if judge == "local":
+        return f"local:{judge_model_dir}"
+    if isinstance(judge, str):
+        return judge
+    return getattr(judge, "__name__", type(judge).__name__)
+
+
+def _write_log(out_dir, questions, answers, prompts, scores, overlap, judge_replies) -> Path:
+    """One JSON line per question, so a person can read the answer, the judge's reasoning and the scores."""
+    path = Path(out_dir) / "mt_bench_judged.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, q in enumerate(questions):
+        row = {
+            "question_id": q["question_id"],
+            "category": q["category"],
+            "question": q["turns"][0],
+            "answer": answers[i],
+            "score": scores[i],
+            "overlap_score": overlap[i],
+            "judge_prompt": prompts[i],
+            "judge_reply": judge_replies[i] if judge_replies is not None else None,
+        }
+        lines.append(json.dumps(row) + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
+    return path
