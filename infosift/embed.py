@@ -1,0 +1,238 @@
+"""Pre-logit token embeddings of a record pool, in shards that survive a killed run.
+
+Feature of position t = the model's last hidden state at t after the final norm (the vector the LM head
+turns into next-token logits), taken under the chat template of infosift.chat.encode_pair. Next-token
+convention: a position is kept when its NEXT token belongs to the chosen part, so the rows of sentence i
+are exactly the pre-logit vectors x_ij that predict its tokens y_ij (FisherSFT's design points).
+
+Records are processed in fixed shards of ``shard_size`` in input order. Each finished shard is written
+atomically to ``<out_dir>.partial/shard-NNNNN/`` with a key (ids, token hash, model fingerprint,
+settings); a rerun reuses shards whose key matches and redoes the others. Within a shard, examples are
+sorted by length and packed into right-padded batches of at most ``batch_tokens`` padded tokens; the
+batching depends only on the shard's contents, so a resumed run writes byte-identical output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from infosift.chat import Encoded, encode_pair
+from infosift.features import IDS, OFFSETS, VALUES, TokenFeatures
+from infosift.models import load_model_and_tokenizer, model_fingerprint
+
+PARTS = ("response", "prompt", "all")
+SELF_SCORES, META, SHARD_KEY = "self_scores.npy", "meta.json", "shard.json"
+log = logging.getLogger(__name__)
+
+
+# -- which positions ---------------------------------------------------------------------------
+def feature_positions(enc: Encoded, part: str) -> np.ndarray:
+    """Positions t (0..T-2) whose next token t+1 is in ``part``: response, prompt or all.
+
+    The first token of a sequence is never predicted, so part="prompt" yields n_prompt - 1 rows and
+    part="response" yields n_response rows (the first one is the last prompt position).
+    """
+    nxt_is_response = np.asarray(enc.response_mask[1:], dtype=bool)
+    if part == "response":
+        return np.flatnonzero(nxt_is_response)
+    if part == "prompt":
+        return np.flatnonzero(~nxt_is_response)
+    return np.arange(len(nxt_is_response))
+
+
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices sorted longest first (stable), packed so that len(batch) * longest <= batch_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+# -- one shard ---------------------------------------------------------------------------------
+def _autocast(device):
+    """bf16 (or fp16) autocast on CUDA; plain fp32 elsewhere. Returns (context, compute dtype name)."""
+    import torch
+
+    if device.type == "cuda":
+        dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dt), str(dt).removeprefix("torch.")
+    return contextlib.nullcontext(), "float32"
+
+
+def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_id: int, out_dtype):
+    """Features (list of (M_i, d) arrays) and self-scores (mean response log-prob) of one shard."""
+    import torch
+
+    device = next(model.parameters()).device
+    autocast, _ = _autocast(device)
+    head = model.get_output_embeddings()
+    feats: list[np.ndarray] = [None] * len(encs)  # type: ignore[list-item]
+    scores = np.full(len(encs), np.nan, dtype=np.float32)
+    for batch in length_batches([len(e.input_ids) for e in encs], batch_tokens):
+        width = len(encs[batch[0]].input_ids)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, : len(encs[i].input_ids)] = torch.tensor(encs[i].input_ids)
+            attn[row, : len(encs[i].input_ids)] = 1
+        with torch.inference_mode(), autocast:
+            hidden = model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
+            hidden = hidden.last_hidden_state  # (B, width, d), after the final norm
+            for row, i in enumerate(batch):
+                pos = torch.as_tensor(feature_positions(encs[i], part), device=device)
+                feats[i] = hidden[row, pos].float().cpu().numpy().astype(out_dtype)
+                resp = torch.as_tensor(feature_positions(encs[i], "response"), device=device)
+                if len(resp):
+                    logp = torch.log_softmax(head(hidden[row, resp]).float(), dim=-1)
+                    target = ids[row, resp.cpu() + 1].to(device)
+                    scores[i] = logp.gather(1, target[:, None]).mean().item()
+    return feats, scores
+
+
+def _shard_key(ids: list[str], encs: list[Encoded], settings: dict) -> dict:
+    """What a finished shard must match to be reused: its ids, its exact tokens, and the settings."""
+    tokens = json.dumps([[e.input_ids, e.response_mask] for e in encs]).encode()
+    return {"ids": ids, "inputs_sha256": hashlib.sha256(tokens).hexdigest(), **settings}
+
+
+def _write_shard(partial: Path, name: str, key: dict, feats: list[np.ndarray], scores: np.ndarray) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=partial))
+    tmp.chmod(0o755)
+    TokenFeatures.from_list(feats, ids=key["ids"]).save(tmp)
+    np.save(tmp / SELF_SCORES, scores, allow_pickle=False)
+    (tmp / SHARD_KEY).write_text(json.dumps(key, sort_keys=True))
+    os.rename(tmp, partial / name)
+
+
+def _finished(shard: Path, key: dict) -> bool:
+    """True when ``shard`` was written by a run with the same inputs; a stale shard is removed."""
+    if not shard.is_dir():
+        return False
+    try:
+        if json.loads((shard / SHARD_KEY).read_text()) == json.loads(json.dumps(key, sort_keys=True)):
+            return True
+    except (OSError, ValueError):
+        pass
+    log.warning("%s was written for other inputs or settings; recomputing it", shard)
+    shutil.rmtree(shard)
+    return False
+
+
+# -- assembly ----------------------------------------------------------------------------------
+def _concat_shards(shards: list[Path], out: Path, meta: dict) -> None:
+    """Concatenate shard dirs into TokenFeatures layout in ``out``, streaming values through a memmap."""
+    offsets = [np.load(s / OFFSETS) for s in shards]
+    lengths = np.concatenate([np.diff(o) for o in offsets])
+    first = np.load(shards[0] / VALUES, mmap_mode="r")
+    total = int(lengths.sum())
+    values = np.lib.format.open_memmap(out / VALUES, mode="w+", dtype=first.dtype, shape=(total, first.shape[1]))
+    row = 0
+    for s in shards:
+        part = np.load(s / VALUES, mmap_mode="r")
+        values[row : row + len(part)] = part
+        row += len(part)
+    values.flush()
+    del values
+    np.save(out / OFFSETS, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), allow_pickle=False)
+    ids = [i for s in shards for i in json.loads((s / IDS).read_text())]
+    (out / IDS).write_text(json.dumps(ids))
+    np.save(out / SELF_SCORES, np.concatenate([np.load(s / SELF_SCORES) for s in shards]), allow_pickle=False)
+    meta = {**meta, "n": len(ids), "d": int(first.shape[1]), "total_tokens": total}
+    meta["empty_sentences"] = int((lengths == 0).sum())
+    (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Put ``tmp`` at ``final``; an older ``final`` is moved aside first and removed afterwards."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+# -- entry point -------------------------------------------------------------------------------
+def embed_records(
+    model_dir: str | os.PathLike,
+    records: list[dict],
+    out_dir: str | os.PathLike,
+    part: str = "response",
+    max_length: int = 512,
+    batch_tokens: int = 8192,
+    shard_size: int = 256,
+    device=None,
+    dtype: str = "float16",
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> TokenFeatures:
+    """Embed ``records`` ({id, prompt, response, ...}) into ``out_dir`` and return it memory-mapped.
+
+    out_dir holds values.npy ((total_tokens, d) in ``dtype``), offsets.npy, ids.json (record order),
+    self_scores.npy ((N,) float32 mean log-prob of each record's response tokens under the model,
+    NaN when truncation left none) and meta.json. Position rules: see ``feature_positions``.
+    """
+    from tqdm.auto import tqdm
+
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+    if not records:
+        raise ValueError("no records to embed")
+    ids = [str(r["id"]) for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("record ids are not unique")
+    out, partial = Path(out_dir), Path(f"{out_dir}.partial")
+    model, tokenizer = load_model_and_tokenizer(model_dir, device=device, trust_remote_code=trust_remote_code)
+    compute = _autocast(next(model.parameters()).device)[1]
+    settings = {
+        "model_fingerprint": model_fingerprint(model_dir),
+        "part": part,
+        "max_length": max_length,
+        "batch_tokens": batch_tokens,
+        "dtype": dtype,
+        "compute": f"{next(model.parameters()).device.type}/{compute}",
+    }
+    partial.mkdir(parents=True, exist_ok=True)
+    shards, done_tokens, t0 = [], 0, time.perf_counter()
+    bar = tqdm(total=len(records), unit="ex", desc="embed", disable=not progress)
+    for start in range(0, len(records), shard_size):
+        chunk = records[start : start + shard_size]
+        encs = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in chunk]
+        shard = partial / f"shard-{start // shard_size:05d}"
+        key = _shard_key(ids[start : start + shard_size], encs, settings)
+        if not _finished(shard, key):
+            feats, scores = _embed_shard(model, encs, part, batch_tokens, tokenizer.pad_token_id, np.dtype(dtype))
+            TokenFeatures.from_list(feats, ids=key["ids"]).check_finite()
+            _write_shard(partial, shard.name, key, feats, scores)
+            done_tokens += sum(len(e.input_ids) for e in encs)
+        shards.append(shard)
+        bar.update(len(chunk))
+        bar.set_postfix(tok_s=f"{done_tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
+    bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        _concat_shards(shards, tmp, settings)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(partial)
+    return TokenFeatures.load(out, mmap=True)

