@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 
-def combine_attributes(table: dict[str, dict[str, float]], ids: list[str], weights: dict[str, float]) -> np.ndarray:
+def combine_attributes(table: dict, ids: list[str], weights: dict[str, float] | None) -> np.ndarray:
     """(N,) float64 score per id: Σ_a weights[a]·table[id][a]; clear errors for anything missing."""
     if not weights:
         raise ValueError("attribute weights are empty: name at least one attribute and its weight")
@@ -35,7 +35,7 @@ def combine_attributes(table: dict[str, dict[str, float]], ids: list[str], weigh
     return out
 
 
-def load_ma_scores(path: str | os.PathLike, ids: list[str], weights: dict[str, float]) -> np.ndarray:
+def load_attribute_scores(path: str | os.PathLike, ids: list[str], weights: dict[str, float] | None) -> np.ndarray:
     """Read ``{id: {attr: value}}`` JSON and combine it with ``weights`` for the given ids."""
     table = json.loads(Path(path).read_text())
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):

@@ -114,14 +114,14 @@ def test_bad_requests_raise():
 
 
 def test_ma_scores_aligned_to_ids_with_clear_errors(tmp_path):
-    from infosift.scores import load_ma_scores
+    from infosift.scores import load_attribute_scores
 
     path = tmp_path / "ma.json"
     path.write_text('{"b": {"help": 2, "acc": 1}, "a": {"help": 1, "acc": 3}, "c": {"help": 0}}')
-    np.testing.assert_allclose(load_ma_scores(path, ["a", "b"], {"help": 0.5, "acc": 2.0}), [6.5, 3.0])
+    np.testing.assert_allclose(load_attribute_scores(path, ["a", "b"], {"help": 0.5, "acc": 2.0}), [6.5, 3.0])
     with pytest.raises(ValueError, match="1 of 2 ids have no scores, e.g. z"):
-        load_ma_scores(path, ["a", "z"], {"help": 1.0})
+        load_attribute_scores(path, ["a", "z"], {"help": 1.0})
     with pytest.raises(ValueError, match="id c has no attribute 'acc'"):
-        load_ma_scores(path, ["a", "c"], {"acc": 1.0})
+        load_attribute_scores(path, ["a", "c"], {"acc": 1.0})
     with pytest.raises(ValueError, match="weights are empty"):
-        load_ma_scores(path, ["a"], {})
+        load_attribute_scores(path, ["a"], {})
