@@ -192,3 +192,22 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
 def read_records(path: str | Path) -> list[dict]:
     """Read records written by write_jsonl (already normalized)."""
     return [row for _, row in read_rows(path)]
+
+
+def load_mt_bench(mirror_dir: str | Path) -> list[dict]:
+    """MT-Bench first turns that have a GPT-4 reference answer, as records (a small second domain).
+
+    Used where a corpus of (prompt, response) pairs from outside GSM8K is wanted, e.g. as a
+    candidate source pool for FisherSketch; the judged evaluation reads the files itself.
+    """
+    root = Path(mirror_dir) / "mt_bench"
+    questions = {row["question_id"]: row for _, row in read_rows(root / "question.jsonl")}
+    spec = DatasetSpec("mt_bench")
+    records = []
+    for lineno, ref in read_rows(root / "reference_answer_gpt-4.jsonl"):
+        q = questions.get(ref["question_id"])
+        if q is None:
+            raise DataError(f"{root / 'reference_answer_gpt-4.jsonl'}:{lineno}: unknown question_id")
+        row = {"prompt": q["turns"][0], "response": ref["choices"][0]["turns"][0]}
+        records.append(normalize_row(row, spec, root / "question.jsonl", lineno))
+    return records

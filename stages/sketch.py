@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infosift.data import read_records, subsample
+from infosift.data import load_mt_bench, read_records, subsample
 from infosift.models import load_model_and_tokenizer
 from infosift.sketch import alignment_matrix, rank_sources, sketch_corpus
 from stages._common import StageError, atomic_output, params, run
@@ -23,6 +23,9 @@ OUT = Path("results/sketch")
 
 
 def _records(path: str, max_records: int | None, seed: int) -> list[dict]:
+    """A normalized JSONL file, or `mt_bench` (read from the download stage's mirror directory)."""
+    if path == "mt_bench":
+        return subsample(load_mt_bench(params("download")["mirror_dir"]), max_records, seed)
     if not Path(path).exists():
         raise StageError(f"sketch corpus {path} not found")
     records = subsample(read_records(path), max_records, seed)
