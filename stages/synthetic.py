@@ -7,12 +7,20 @@ name renamed on success (metrics last: a metrics file means the run finished).
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
+import os
 
-from infosift import synthetic as syn
-from stages._common import StageError, atomic_output, params, run
+# Every array here is tiny (d = 10, d*L = 200): BLAS/OpenMP thread pools only add sync cost, and on
+# a shared 2-core box they made the Newton fits 25x and FisherSFT's greedy 18x slower (measured).
+# Set before numpy/torch load; a value the user exported wins.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from infosift import synthetic as syn  # noqa: E402
+from stages._common import StageError, atomic_output, params, run  # noqa: E402
 
 OUT = Path("results/synthetic")
 PROBLEM_KEYS = ("d", "num_classes", "tokens_per_sentence", "pool_size", "test_size", "theta_scale")
