@@ -149,6 +149,14 @@ def test_parse_rating():
     assert parse_rating("Rating: 7/10") is None
 
 
+def test_spread_over_categories():
+    from infosift.evaluate.judge import spread_over_categories
+
+    qs = [{"question_id": i, "category": c} for i, c in enumerate("aaabbc")]
+    assert [q["question_id"] for q in spread_over_categories(qs, 4)] == [0, 3, 5, 1]
+    assert len(spread_over_categories(qs, None)) == 6
+
+
 def test_overlap_rating():
     assert overlap_rating("the answer is 42", "the answer is 42") == pytest.approx(10.0)
     assert overlap_rating("completely unrelated", "the answer is 42") == pytest.approx(1.0)

@@ -31,6 +31,17 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def spread_over_categories(questions: list[dict], limit: int | None) -> list[dict]:
+    """First `limit` questions taken round-robin over categories (the file is sorted by category,
+    so a plain head would be all 'writing')."""
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for q in questions:
+        by_cat[q["category"]].append(q)
+    rounds = max((len(v) for v in by_cat.values()), default=0)
+    mixed = [v[i] for i in range(rounds) for v in by_cat.values() if i < len(v)]
+    return mixed[:limit]
+
+
 def parse_rating(text: str) -> float | None:
     """The last '[[x]]' with 1 <= x <= 10 in the judge's reply; None when there is none."""
     for m in reversed(_RATING.findall(text)):
@@ -106,14 +117,14 @@ def mt_bench_judged(
     device: str | None = None,
     out_dir: str | None = None,
 ) -> dict:
-    """Answer the first `limit` MT-Bench first turns with model_dir, then score every answer.
+    """Answer `limit` MT-Bench first turns (spread over categories) with model_dir, then score every answer.
 
     judge: "local" (LocalJudge on judge_model_dir), "overlap" (reference F1 only) or a callable.
     The overlap score is always reported too, on the questions that have a GPT-4 reference.
     """
     if judge == "local" and judge_model_dir is None:
         raise ValueError("judge='local' needs judge_model_dir (a local HF chat model)")
-    questions = read_jsonl(questions_path)[:limit]
+    questions = spread_over_categories(read_jsonl(questions_path), limit)
     refs = {r["question_id"]: r["choices"][0]["turns"][0] for r in read_jsonl(reference_path)}
     templates = {t["name"]: t for t in read_jsonl(judge_prompts_path)}
 
