@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-STAGES = ["download", "embed", "select", "finetune", "evaluate_base", "evaluate", "sketch", "compare"]
+STAGES = ["download", "embed", "select", "finetune", "evaluate_base", "evaluate", "sketch", "synthetic", "compare"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
