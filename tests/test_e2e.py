@@ -111,7 +111,7 @@ def repo(tmp_path_factory):
 
 def test_first_repro_writes_manifests_metrics_and_plots(repo):
     root, _, _ = repo
-    for variant in ("random-6", "fishersft-6"):
+    for variant in ("random-6", "fishersft-6", "gip-target-6", "gip-sc-6"):
         manifest = json.loads((root / "results/select" / variant / "manifest.json").read_text())
         assert len(manifest["ids"]) == 6 == len(set(manifest["indices"]))
         assert manifest["inputs"]["features"] and len(manifest["hash"]) == 64
@@ -122,7 +122,7 @@ def test_first_repro_writes_manifests_metrics_and_plots(repo):
         assert metrics["nll_per_token"] > 0 and metrics["n_examples"] == 6
         assert 0.0 <= metrics["gsm8k_exact_match_strict"] <= 1.0
     table = (root / "results/compare/table.csv").read_text().splitlines()
-    assert len(table) == 1 + 3
+    assert len(table) == 1 + 5
     for png in ("nll_per_token.png", "gsm8k_exact_match_strict.png"):
         assert (root / "results/compare" / png).read_bytes()[:4] == b"\x89PNG"
     assert (root / "models/fishersft-6-nll/config.json").exists()
@@ -139,7 +139,7 @@ def test_mlflow_has_parent_and_nested_variant_runs(repo):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1
     names = {r.info.run_name for r in children}
-    assert names == {"base", "random-6-nll", "fishersft-6-nll"}
+    assert names == {"base", "random-6-nll", "fishersft-6-nll", "gip-target-6-nll", "gip-sc-6-nll"}
     fisher = next(r for r in children if r.info.run_name == "fishersft-6-nll")
     assert "nll_per_token" in fisher.data.metrics
     assert fisher.data.tags["infosift.manifest_hash"]

@@ -38,10 +38,10 @@ def get_selector(name: str, **params) -> Selector:
 
 
 # Importing the modules registers them. Keep this list in sync with the files in this package.
-from infosift.select import random as _random  # noqa: E402,F401
-from infosift.select import fishersft as _fishersft  # noqa: E402,F401
-from infosift.select import sentence_od as _sentence_od  # noqa: E402,F401
 from infosift.select import density as _density  # noqa: E402,F401
+from infosift.select import fishersft as _fishersft  # noqa: E402,F401
 from infosift.select import gip as _gip  # noqa: E402,F401
+from infosift.select import random as _random  # noqa: E402,F401
+from infosift.select import sentence_od as _sentence_od  # noqa: E402,F401
 
 __all__ = ["SelectionError", "SelectionResult", "Selector", "available", "check_budget", "get_selector", "register"]
