@@ -32,10 +32,15 @@ TINY_PARAMS = {
     },
     "embed": {"part": "response", "max_length": 64, "batch_tokens": 512, "shard_size": 16, "dtype": "float16"},
     "select": {
-        "run": ["random", "fishersft"],
+        "run": ["random", "fishersft", "gip-target", "gip-sc"],
         "budgets": [6],
         "seed": 0,
-        "variants": {"random": {"selector": "random"}, "fishersft": {"selector": "fishersft", "ridge": 1.0}},
+        "variants": {
+            "random": {"selector": "random"},
+            "fishersft": {"selector": "fishersft", "ridge": 1.0},
+            "gip-target": {"selector": "gip", "ridge": 1.0, "query": "targets"},
+            "gip-sc": {"selector": "gip", "ridge": 1.0, "query": "scores"},
+        },
     },
     "finetune": {
         "losses": ["nll"],
@@ -58,8 +63,33 @@ TINY_PARAMS = {
         "batch_size": 4,
         "gsm8k": {"limit": 2, "max_gen_toks": 8, "batch_size": 2},
     },
+    "sketch": {
+        "target": "data/download/target.jsonl",
+        "sources": {"pool": "data/download/pool.jsonl", "mt_bench": "mt_bench"},
+        "m": 64,
+        "seed": 0,
+        "batch_size": 4,
+        "max_length": 64,
+        "max_records": 5,
+    },
+    "synthetic": {
+        "d": 10,
+        "num_classes": 20,
+        "tokens_per_sentence": 10,
+        "pool_size": 80,
+        "test_size": 50,
+        "theta_scale": 1.0,
+        "scale_range": [0.1, 2.0],
+        "ridge": 1.0,
+        "budgets": [10, 20],
+        "seeds": 2,
+        "selectors": {"random": {}, "fishersft": {"ridge": 1.0}},
+    },
     "compare": {"mlflow": True, "experiment": "e2e", "log_models": True},
 }
+
+MT_QUESTIONS = [{"question_id": 101, "category": "math", "turns": ["what is 2 plus 3 ?", "and 4 ?"]}]
+MT_REFERENCES = [{"question_id": 101, "choices": [{"index": 0, "turns": ["2 plus 3 = 5 . #### 5", "9"]}]}]
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -84,6 +114,8 @@ def repo(tmp_path_factory):
     mirror = tmp / "mirror"
     write_jsonl(mirror / "gsm8k" / "train.jsonl", gsm_rows(60, seed=0))
     write_jsonl(mirror / "gsm8k" / "test.jsonl", gsm_rows(12, seed=99))
+    write_jsonl(mirror / "mt_bench" / "question.jsonl", MT_QUESTIONS)
+    write_jsonl(mirror / "mt_bench" / "reference_answer_gpt-4.jsonl", MT_REFERENCES)
     params = json.loads(json.dumps(TINY_PARAMS))
     params["model"]["base_model"] = str(save_tiny_model(tmp / "tiny-model"))
     params["download"]["mirror_dir"] = str(mirror)
@@ -126,6 +158,9 @@ def test_first_repro_writes_manifests_metrics_and_plots(repo):
     for png in ("nll_per_token.png", "gsm8k_exact_match_strict.png"):
         assert (root / "results/compare" / png).read_bytes()[:4] == b"\x89PNG"
     assert (root / "models/fishersft-6-nll/config.json").exists()
+    ranking = json.loads((root / "results/sketch/ranking.json").read_text())
+    assert {r["source"] for r in ranking["ranking"]} == {"pool", "mt_bench"}
+    assert (root / "results/synthetic/prediction_error.png").exists()
 
 
 def test_mlflow_has_parent_and_nested_variant_runs(repo):

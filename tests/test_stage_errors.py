@@ -34,8 +34,17 @@ def setup_download(tmp_path: Path, train_bytes: bytes) -> Path:
     mirror.mkdir(parents=True)
     (mirror / "train.jsonl").write_bytes(train_bytes)
     (mirror / "test.jsonl").write_text(json.dumps({"question": "t", "answer": "#### 1"}) + "\n")
-    params = {"download": {"dataset": "gsm8k", "mirror_dir": str(tmp_path / "mirror"), "hub_cache": "hub",
-                           "pool_size": None, "target_size": 0, "test_size": None, "seed": 0}}
+    params = {
+        "download": {
+            "dataset": "gsm8k",
+            "mirror_dir": str(tmp_path / "mirror"),
+            "hub_cache": "hub",
+            "pool_size": None,
+            "target_size": 0,
+            "test_size": None,
+            "seed": 0,
+        }
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
 
