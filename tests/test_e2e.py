@@ -43,7 +43,7 @@ TINY_PARAMS = {
         },
     },
     "finetune": {
-        "losses": ["nll"],
+        "losses": ["nll", "infosift"],
         "train": {
             "lr": 1e-3,
             "epochs": 1,
@@ -149,12 +149,12 @@ def test_first_repro_writes_manifests_metrics_and_plots(repo):
         assert manifest["inputs"]["features"] and len(manifest["hash"]) == 64
     fisher = json.loads((root / "results/select/fishersft-6/manifest.json").read_text())
     assert fisher["gains"] == sorted(fisher["gains"], reverse=True)  # greedy gains never increase
-    for name in ("base", "random-6-nll", "fishersft-6-nll"):
+    for name in ("base", "random-6-nll", "fishersft-6-nll", "fishersft-6-infosift"):
         metrics = json.loads((root / "results/evaluate" / name / "metrics.json").read_text())
         assert metrics["nll_per_token"] > 0 and metrics["n_examples"] == 6
         assert 0.0 <= metrics["gsm8k_exact_match_strict"] <= 1.0
     table = (root / "results/compare/table.csv").read_text().splitlines()
-    assert len(table) == 1 + 5
+    assert len(table) == 1 + 1 + 8  # header, base, 4 selections x 2 losses
     for png in ("nll_per_token.png", "gsm8k_exact_match_strict.png"):
         assert (root / "results/compare" / png).read_bytes()[:4] == b"\x89PNG"
     assert (root / "models/fishersft-6-nll/config.json").exists()
@@ -174,7 +174,8 @@ def test_mlflow_has_parent_and_nested_variant_runs(repo):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1
     names = {r.info.run_name for r in children}
-    assert names == {"base", "random-6-nll", "fishersft-6-nll", "gip-target-6-nll", "gip-sc-6-nll"}
+    variants = ("random-6", "fishersft-6", "gip-target-6", "gip-sc-6")
+    assert names == {"base"} | {f"{v}-{loss}" for v in variants for loss in ("nll", "infosift")}
     fisher = next(r for r in children if r.info.run_name == "fishersft-6-nll")
     assert "nll_per_token" in fisher.data.metrics
     assert fisher.data.tags["infosift.manifest_hash"]
@@ -199,4 +200,7 @@ def test_select_param_change_reruns_only_its_branch(repo):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(["dvc", "repro"], root, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"select@fishersft-6", "finetune@fishersft-6-nll", "evaluate@fishersft-6-nll", "compare"}, ran
+    expected = {"select@fishersft-6", "compare"} | {
+        f"{stage}@fishersft-6-{loss}" for stage in ("finetune", "evaluate") for loss in ("nll", "infosift")
+    }
+    assert ran == expected, ran
