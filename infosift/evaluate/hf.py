@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from infosift.chat import prompt_ids
 
@@ -19,11 +18,11 @@ def pick_device(device: str | None) -> str:
 
 def load_causal_lm(model_dir: str, device: str | None = None):
     """(model in eval mode on device, tokenizer). float32 on CPU: bf16 matmuls are slow there."""
+    from infosift.models import load_model_and_tokenizer
+
     device = pick_device(device)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    return model, tokenizer
+    return load_model_and_tokenizer(model_dir, device=device, dtype=dtype)
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
