@@ -13,22 +13,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from infosift.chat import Encoded, encode_pair
+from infosift.chat import encode_pair
 from infosift.evaluate.hf import load_causal_lm
-
-
-def _right_pad(batch: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, response_mask) as (B, T) tensors, right padded."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(batch), width), dtype=torch.long)
-    resp = torch.zeros((len(batch), width), dtype=torch.bool)
-    for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids, dtype=torch.long)
-        attn[i, :n] = 1
-        resp[i, :n] = torch.tensor(e.response_mask, dtype=torch.bool)
-    return ids, attn, resp
+from infosift.train import collate
 
 
 def response_nll_sum(logits: torch.Tensor, ids: torch.Tensor, resp: torch.Tensor) -> tuple[float, int]:
@@ -58,7 +45,8 @@ def heldout_nll(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
     total, n_tokens = 0.0, 0
     for start in tqdm(range(0, len(order), batch_size), desc="held-out NLL", leave=False):
-        ids, attn, resp = _right_pad([encoded[i] for i in order[start : start + batch_size]], pad_id)
+        batch = collate([encoded[i] for i in order[start : start + batch_size]], pad_id)
+        ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
         logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
         s, n = response_nll_sum(logits, ids.to(model.device), resp.to(model.device))
         total, n_tokens = total + s, n_tokens + n
