@@ -14,24 +14,17 @@ import time
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from infosift.features import TokenFeatures
 from infosift.select import register
 from infosift.select.base import SelectionError, SelectionResult, check_budget
-from infosift.select.logdet import gains, inverse_spd, padded, woodbury
+from infosift.select.incremental import GreedyState, to_numpy
+from infosift.select.logdet import gains, padded
 
 
 def default_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def to_numpy(a) -> np.ndarray:
-    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-
-
-def eye(d: int, device: str):
-    """float64 identity: numpy on CPU, torch elsewhere (see logdet.py for why)."""
-    return np.eye(d) if device == "cpu" else torch.eye(d, dtype=torch.float64, device=device)
 
 
 def length_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
@@ -77,38 +70,29 @@ def lazy_greedy(
     t_first = time.perf_counter() - t0
     heap = [(-g, i) for i, g in enumerate(g0.tolist())]  # max-heap of (stale gain, index)
     heapq.heapify(heap)
-    fresh_at = np.full(len(features), -1)  # step at which each heap gain was computed (-1: first pass)
-    d = features.dim
-    v = ridge * eye(d, device)  # running sum V, for the refactorization
-    vinv = eye(d, device) / ridge
-    chosen, chosen_gains, n_evals = [], [], 0
-    for step in range(budget):
-        if step == 0:
-            fresh_at[:] = 0  # the first pass is exact against V = ridge * I
-        while fresh_at[heap[0][1]] != step:  # top is stale: recompute it and the next few stale ones
-            idx = []
-            while heap and len(idx) < batch and fresh_at[heap[0][1]] != step:
-                idx.append(heapq.heappop(heap)[1])
-            idx = np.asarray(idx)
-            fresh = to_numpy(gains(padded(features, idx, device), vinv, ridge))
-            n_evals += len(idx)
-            fresh_at[idx] = step
-            for g, i in zip(fresh.tolist(), idx.tolist(), strict=True):
-                heapq.heappush(heap, (-g, i))
-        _, best = heapq.heappop(heap)
-        x = padded(features, np.asarray([best]), device)[0]
-        vinv, gain = woodbury(vinv, x)
-        v += x.T @ x
-        if (step + 1) % refactor_every == 0:
-            vinv = inverse_spd(v)
-        chosen.append(best)
-        chosen_gains.append(gain)
+    fresh_at = np.zeros(len(features), dtype=np.int64)  # step at which each heap gain was computed
+    state = GreedyState(features, ridge, device, refactor_every)
+    chosen, chosen_gains = [], []
+    with threadpool_limits(limits=1 if device == "cpu" else None):  # small products: threads only add waits
+        for step in range(budget):
+            while fresh_at[heap[0][1]] != step:  # top is stale: recompute it and the next few stale ones
+                idx = []
+                while heap and len(idx) < batch and fresh_at[heap[0][1]] != step:
+                    idx.append(heapq.heappop(heap)[1])
+                idx = np.asarray(idx)
+                fresh_at[idx] = step
+                for g, i in zip(state.gains(idx).tolist(), idx.tolist(), strict=True):
+                    heapq.heappush(heap, (-g, i))
+            _, best = heapq.heappop(heap)
+            chosen.append(best)
+            chosen_gains.append(state.add(best))
     info = {
-        "n_gain_evals": int(n_evals),
+        "n_gain_evals": state.n_full + state.n_incremental,
+        "n_incremental": state.n_incremental,
         "first_pass_s": t_first,
         "total_s": time.perf_counter() - t0,
         "device": device,
-        "logdet_final": float(np.linalg.slogdet(to_numpy(v))[1]),
+        "logdet_final": state.logdet(),
     }
     return np.asarray(chosen, dtype=np.int64), np.asarray(chosen_gains), info
 
