@@ -68,14 +68,26 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def general_pass(f: TokenFeatures, ridge: float, max_tokens: int = 32768) -> None:
+def sync(device: str) -> None:
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def general_pass(f: TokenFeatures, ridge: float, device: str = "cpu", max_tokens: int = 32768) -> None:
     """All N exact gains against a general (dense) V^-1: the cost of one step of the plain greedy."""
     rng = np.random.default_rng(1)
     a = rng.standard_normal((f.dim, f.dim)) / np.sqrt(f.dim)
     vinv = np.linalg.inv(ridge * np.eye(f.dim) + a @ a.T)
+    if device != "cpu":
+        import torch
+
+        vinv = torch.from_numpy(vinv).to(device)
     per = max(1, max_tokens // int(f.lengths.max()))
     for start in range(0, len(f), per):
-        gains(padded(f, np.arange(start, min(start + per, len(f))), "cpu"), vinv, ridge)
+        gains(padded(f, np.arange(start, min(start + per, len(f))), device), vinv, ridge)
+    sync(device)
 
 
 def vs_brute(n: int, t: int, d: int, budget: int) -> None:
@@ -91,11 +103,24 @@ def vs_brute(n: int, t: int, d: int, budget: int) -> None:
     )
 
 
-def one_size(n: int, t: int, d: int, budget: int) -> dict:
+def floor_pass(f: TokenFeatures, device: str) -> float:
+    """The floor, timed at its best: default BLAS threads and one thread (the greedy loop uses one)."""
+    from threadpoolctl import threadpool_limits
+
+    best = float("inf")
+    for limit in (None, 1):
+        with threadpool_limits(limits=limit):
+            first_gains(f, 1.0, device)  # warm-up (and CUDA kernels)
+            sync(device)
+            best = min(best, timed(lambda: (first_gains(f, 1.0, device), sync(device)))[1])
+    return best
+
+
+def one_size(n: int, t: int, d: int, budget: int, device: str = "cpu") -> dict:
     f = make_pool(n, t, d)
-    _, t_floor = timed(lambda: first_gains(f, 1.0, "cpu"))
-    _, t_general = timed(lambda: general_pass(f, 1.0))
-    res, t_sel = timed(lambda: get_selector("fishersft", ridge=1.0).select(f, budget))
+    t_floor = floor_pass(f, device)
+    _, t_general = timed(lambda: general_pass(f, 1.0, device))
+    res, t_sel = timed(lambda: get_selector("fishersft", ridge=1.0, device=device).select(f, budget))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return {
         "n": n,
@@ -103,20 +128,22 @@ def one_size(n: int, t: int, d: int, budget: int) -> dict:
         "general_pass_s": t_general,
         "select_s": t_sel,
         "evals": res.info["n_gain_evals"],
+        "incremental": res.info["n_incremental"],
         "peak_gib": peak,
         "pool_gib": f.values.nbytes / 2**30,
     }
 
 
-def scaling(sizes: list[int], t: int, d: int, budget: int) -> None:
-    print(f"[2,3] T={t} d={d} budget={budget}, one subprocess per N (peak RSS is that run's)")
+def scaling(sizes: list[int], t: int, d: int, budget: int, device: str = "cpu") -> None:
+    print(f"[2,3] T={t} d={d} budget={budget} on {device}, one subprocess per N (peak RSS is that run's)")
     head = (
         f"{'N':>7} {'select s':>9} {'floor s':>8} {'ratio':>6} {'1 step s':>9} {'ratio':>6} "
-        f"{'gain evals':>10} {'evals/N':>7} {'pool GiB':>8} {'peak GiB':>8}"
+        f"{'gain evals':>10} {'evals/N':>7} {'updated':>7} {'pool GiB':>8} {'peak GiB':>8}"
     )
     rows = []
     for n in sizes:
         cmd = [sys.executable, __file__, "--one", str(n), "--tokens", str(t), "--dim", str(d), "--budget", str(budget)]
+        cmd += ["--device", device]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         rows.append(r)
         print(f"  N={n}: select {r['select_s']:.1f} s, floor {r['floor_s']:.1f} s", flush=True)
@@ -125,11 +152,13 @@ def scaling(sizes: list[int], t: int, d: int, budget: int) -> None:
         print(
             f"{r['n']:>7} {r['select_s']:>9.1f} {r['floor_s']:>8.2f} {r['select_s'] / r['floor_s']:>6.1f} "
             f"{r['general_pass_s']:>9.2f} {r['select_s'] / r['general_pass_s']:>6.1f} {r['evals']:>10} "
-            f"{r['evals'] / r['n']:>7.2f} {r['pool_gib']:>8.2f} {r['peak_gib']:>8.2f}"
+            f"{r['evals'] / r['n']:>7.2f} {r['incremental'] / r['evals']:>7.0%} {r['pool_gib']:>8.2f} "
+            f"{r['peak_gib']:>8.2f}"
         )
     print(
         "ratio = select / floor (one batched pass of all first gains, V = ridge*I; goal <= 3x); "
-        "'1 step' = all N gains against a general V^-1, i.e. one step of the plain greedy."
+        "'1 step' = all N gains against a general V^-1, i.e. one step of the plain greedy; 'updated' = share "
+        "of gain evaluations done by the Woodbury-factor update instead of from scratch."
     )
 
 
@@ -141,17 +170,19 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=576)
     ap.add_argument("--budget", type=int, default=1000)
     ap.add_argument("--skip-brute", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu (numpy) or cuda (torch); the brute force runs on CPU")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2500, 5000, 10000, 20000])
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_size(args.one, args.tokens, args.dim, args.budget)))
+        print(json.dumps(one_size(args.one, args.tokens, args.dim, args.budget, args.device)))
         return
     if args.quick:
         vs_brute(500, 16, 32, 50)
-        scaling([500, 1000], 16, 64, 100)
+        scaling([500, 1000], 16, 64, 100, args.device)
         return
     if not args.skip_brute:
         vs_brute(5000, 32, 128, 300)
-    scaling([2500, 5000, 10000, 20000], args.tokens, args.dim, args.budget)
+    scaling(args.sizes, args.tokens, args.dim, args.budget, args.device)
 
 
 if __name__ == "__main__":

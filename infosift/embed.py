@@ -14,7 +14,6 @@ batching depends only on the shard's contents, so a resumed run writes byte-iden
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +27,7 @@ import numpy as np
 
 from infosift.chat import Encoded, encode_pair
 from infosift.features import IDS, OFFSETS, VALUES, TokenFeatures
-from infosift.models import load_model_and_tokenizer, model_fingerprint
+from infosift.models import autocast, load_model_and_tokenizer, model_fingerprint
 
 PARTS = ("response", "prompt", "all")
 SELF_SCORES, META, SHARD_KEY = "self_scores.npy", "meta.json", "shard.json"
@@ -63,22 +62,12 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 # -- one shard ---------------------------------------------------------------------------------
-def _autocast(device):
-    """bf16 (or fp16) autocast on CUDA; plain fp32 elsewhere. Returns (context, compute dtype name)."""
-    import torch
-
-    if device.type == "cuda":
-        dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dt), str(dt).removeprefix("torch.")
-    return contextlib.nullcontext(), "float32"
-
-
 def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_id: int, out_dtype):
     """Features (list of (M_i, d) arrays) and self-scores (mean response log-prob) of one shard."""
     import torch
 
     device = next(model.parameters()).device
-    autocast, _ = _autocast(device)
+    mixed = autocast(device)[0]
     head = model.get_output_embeddings()
     feats: list[np.ndarray] = [None] * len(encs)  # type: ignore[list-item]
     scores = np.full(len(encs), np.nan, dtype=np.float32)
@@ -89,7 +78,7 @@ def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_i
         for row, i in enumerate(batch):
             ids[row, : len(encs[i].input_ids)] = torch.tensor(encs[i].input_ids)
             attn[row, : len(encs[i].input_ids)] = 1
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), mixed:
             hidden = model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
             hidden = hidden.last_hidden_state  # (B, width, d), after the final norm
             for row, i in enumerate(batch):
@@ -200,7 +189,7 @@ def embed_records(
         raise ValueError("record ids are not unique")
     out, partial = Path(out_dir), Path(f"{out_dir}.partial")
     model, tokenizer = load_model_and_tokenizer(model_dir, device=device, trust_remote_code=trust_remote_code)
-    compute = _autocast(next(model.parameters()).device)[1]
+    compute = autocast(next(model.parameters()).device)[1]
     settings = {
         "model_fingerprint": model_fingerprint(model_dir),
         "part": part,

@@ -197,6 +197,22 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def autocast(device):
+    """bf16 (or fp16) autocast on CUDA; plain fp32 elsewhere. Returns (context, compute dtype name).
+
+    Master weights stay fp32 (see load_model_and_tokenizer); only the matrix products drop precision.
+    """
+    import contextlib
+
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dt), str(dt).removeprefix("torch.")
+    return contextlib.nullcontext(), "float32"
+
+
 def load_model_and_tokenizer(model_dir, device=None, dtype=None, trust_remote_code: bool = False):
     """Load a causal LM in eval mode on ``device`` (default: CUDA if available) and its tokenizer.
 

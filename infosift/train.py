@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from infosift.chat import Encoded, encode_pair
 from infosift.losses import weighted_token_loss
+from infosift.models import autocast
 
 
 @dataclass
@@ -121,7 +122,8 @@ def finetune(
             loss_sum = 0.0
             for idx in group:
                 batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-                loss = step_loss(model, batch, cfg) / len(group)
+                with autocast(device)[0]:  # bf16 products on CUDA, fp32 on CPU
+                    loss = step_loss(model, batch, cfg) / len(group)
                 loss.backward()
                 loss_sum += float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
