@@ -22,6 +22,7 @@ METRICS = {  # metric -> lower is better
     "nll_per_token": True,
     "gsm8k_exact_match_strict": False,
     "gsm8k_exact_match_flexible": False,
+    "mt_bench_score": False,
 }
 
 

@@ -1,4 +1,7 @@
-"""evaluate@<name>: held-out NLL and lm-eval GSM8K of one model ('base' = the un-tuned reference)."""
+"""evaluate@<name>: held-out NLL, lm-eval GSM8K and the MT-Bench-style judged suite of one model.
+
+'base' is the un-tuned reference. The judged suite reads MT-Bench from download.mirror_dir.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import json
 from pathlib import Path
 
 from infosift.data import read_records
-from infosift.evaluate import gsm8k_lm_eval, heldout_nll
+from infosift.evaluate import gsm8k_lm_eval, heldout_nll, mt_bench_judged
 from stages._common import StageError, atomic_output, params, run
 from stages.model import base_model_dir
 
@@ -49,8 +52,38 @@ def main(argv: list[str]) -> None:
             )
             gsm_path.unlink()
             metrics.update({f"gsm8k_{k}": v for k, v in res.items()})
+        mt = p.get("mt_bench") or {}
+        if mt.get("limit", 0):
+            metrics.update(judged(str(model_dir), mt, tmp / "mt_bench", p.get("device")))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print("evaluate: " + json.dumps(metrics))
+
+
+def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None) -> dict:
+    """MT-Bench first turns scored by the configured judge; 'base' as judge model = the base model."""
+    root = Path(params("download").get("mirror_dir", "../shared/data")) / "mt_bench"
+    if not (root / "question.jsonl").exists():
+        raise StageError(f"evaluate.mt_bench needs MT-Bench at {root} (question.jsonl, reference, judge prompts)")
+    judge_model = mt.get("judge_model", "base")
+    res = mt_bench_judged(
+        model_dir,
+        str(root / "question.jsonl"),
+        str(root / "reference_answer_gpt-4.jsonl"),
+        str(root / "judge_prompts.jsonl"),
+        judge=mt.get("judge", "overlap"),
+        judge_model_dir=str(base_model_dir()[0]) if judge_model == "base" else judge_model,
+        limit=int(mt["limit"]),
+        max_new_tokens=int(mt.get("max_new_tokens", 256)),
+        batch_size=int(mt.get("batch_size", 4)),
+        device=device,
+        out_dir=str(out_dir),
+    )
+    return {
+        "mt_bench_score": res["overall"],
+        "mt_bench_overlap": res["overlap_overall"],
+        "mt_bench_n": res["n"],
+        "mt_bench_judge": res["judge"],
+    }
 
 
 if __name__ == "__main__":

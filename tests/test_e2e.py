@@ -62,6 +62,7 @@ TINY_PARAMS = {
         "max_length": 64,
         "batch_size": 4,
         "gsm8k": {"limit": 2, "max_gen_toks": 8, "batch_size": 2},
+        "mt_bench": {"limit": 1, "judge": "overlap", "judge_model": "base", "max_new_tokens": 8, "batch_size": 2},
     },
     "sketch": {
         "target": "data/download/target.jsonl",
@@ -90,6 +91,10 @@ TINY_PARAMS = {
 
 MT_QUESTIONS = [{"question_id": 101, "category": "math", "turns": ["what is 2 plus 3 ?", "and 4 ?"]}]
 MT_REFERENCES = [{"question_id": 101, "choices": [{"index": 0, "turns": ["2 plus 3 = 5 . #### 5", "9"]}]}]
+MT_JUDGE_PROMPTS = [
+    {"name": "single-v1", "prompt_template": "[Q]{question}[A]{answer}"},
+    {"name": "single-math-v1", "prompt_template": "[Q]{question}[R]{ref_answer_1}[A]{answer}"},
+]
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -116,6 +121,7 @@ def repo(tmp_path_factory):
     write_jsonl(mirror / "gsm8k" / "test.jsonl", gsm_rows(12, seed=99))
     write_jsonl(mirror / "mt_bench" / "question.jsonl", MT_QUESTIONS)
     write_jsonl(mirror / "mt_bench" / "reference_answer_gpt-4.jsonl", MT_REFERENCES)
+    write_jsonl(mirror / "mt_bench" / "judge_prompts.jsonl", MT_JUDGE_PROMPTS)
     params = json.loads(json.dumps(TINY_PARAMS))
     params["model"]["base_model"] = str(save_tiny_model(tmp / "tiny-model"))
     params["download"]["mirror_dir"] = str(mirror)
@@ -153,9 +159,11 @@ def test_first_repro_writes_manifests_metrics_and_plots(repo):
         metrics = json.loads((root / "results/evaluate" / name / "metrics.json").read_text())
         assert metrics["nll_per_token"] > 0 and metrics["n_examples"] == 6
         assert 0.0 <= metrics["gsm8k_exact_match_strict"] <= 1.0
+        assert 1.0 <= metrics["mt_bench_score"] <= 10.0 and metrics["mt_bench_judge"] == "overlap"
+        assert (root / "results/evaluate" / name / "mt_bench/mt_bench_judged.jsonl").exists()
     table = (root / "results/compare/table.csv").read_text().splitlines()
     assert len(table) == 1 + 1 + 8  # header, base, 4 selections x 2 losses
-    for png in ("nll_per_token.png", "gsm8k_exact_match_strict.png"):
+    for png in ("nll_per_token.png", "gsm8k_exact_match_strict.png", "mt_bench_score.png"):
         assert (root / "results/compare" / png).read_bytes()[:4] == b"\x89PNG"
     assert (root / "models/fishersft-6-nll/config.json").exists()
     ranking = json.loads((root / "results/sketch/ranking.json").read_text())

@@ -65,15 +65,17 @@ def lazy_greedy(
     except ValueError as err:
         raise SelectionError(str(err)) from None
     device = default_device(device)
-    t0 = time.perf_counter()
-    g0 = first_gains(features, ridge, device)
-    t_first = time.perf_counter() - t0
-    heap = [(-g, i) for i, g in enumerate(g0.tolist())]  # max-heap of (stale gain, index)
-    heapq.heapify(heap)
-    fresh_at = np.zeros(len(features), dtype=np.int64)  # step at which each heap gain was computed
-    state = GreedyState(features, ridge, device, refactor_every)
-    chosen, chosen_gains = [], []
-    with threadpool_limits(limits=1 if device == "cpu" else None):  # small products: threads only add waits
+    # One BLAS thread on CPU: the greedy's many small float64 products only wait on a thread pool, and a
+    # pool that shares its cores with other work (DVC stages, a second job) stalls even the big first pass.
+    with threadpool_limits(limits=1 if device == "cpu" else None):
+        t0 = time.perf_counter()
+        g0 = first_gains(features, ridge, device)
+        t_first = time.perf_counter() - t0
+        heap = [(-g, i) for i, g in enumerate(g0.tolist())]  # max-heap of (stale gain, index)
+        heapq.heapify(heap)
+        fresh_at = np.zeros(len(features), dtype=np.int64)  # step at which each heap gain was computed
+        state = GreedyState(features, ridge, device, refactor_every)
+        chosen, chosen_gains = [], []
         for step in range(budget):
             while fresh_at[heap[0][1]] != step:  # top is stale: recompute it and the next few stale ones
                 idx = []
