@@ -60,6 +60,8 @@ class GreedyState:
         self.cache: dict[int, tuple[int, object]] = {}  # sentence -> (step t, K_i at step t)
         self.n_incremental = self.n_full = 0
         self._chol = None  # chol(V^-1) for the current step, made on the first full recompute
+        # update costs M d k, a full recompute M d^2 (CUDA) or M d^2 / 2 (CPU, triangular): break-even k
+        self.window = features.dim // 2 if device == "cpu" else features.dim
 
     def _oldest(self) -> int:
         """Earliest step a cached K may come from and still be updated through the kept factors."""
@@ -134,8 +136,8 @@ class GreedyState:
         self.step += 1
         if self.step % self.refactor_every == 0:
             self.vinv = inverse_spd(self.v)  # stops Woodbury drift; the factors stay exact identities
-        drop = 0  # keep at most d columns: beyond that a full recompute is cheaper than the update
-        while drop < len(self.starts) and self.w.shape[1] - self.starts[drop][1] > self.features.dim:
+        drop = 0  # beyond `window` columns a full recompute is cheaper than the update
+        while drop < len(self.starts) and self.w.shape[1] - self.starts[drop][1] > self.window:
             drop += 1
         if drop:
             first = self.starts[drop][1] if drop < len(self.starts) else int(self.w.shape[1])
