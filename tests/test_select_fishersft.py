@@ -115,7 +115,8 @@ def test_torch_path_matches_numpy():
     """The CUDA path runs the same logdet.py code on torch tensors; check it here on CPU tensors."""
     import torch
 
-    from infosift.select.logdet import gains, inverse_spd, woodbury
+    from infosift.select.incremental import woodbury_factor
+    from infosift.select.logdet import gains, inverse_spd
 
     rng = np.random.default_rng(10)
     x = rng.standard_normal((5, 4, 7))
@@ -124,8 +125,10 @@ def test_torch_path_matches_numpy():
     t = torch.from_numpy
     np.testing.assert_allclose(gains(t(x), t(vinv), 1.0).numpy(), gains(x, vinv, 1.0), rtol=1e-12)
     np.testing.assert_allclose(gains(t(x), None, 2.0).numpy(), gains(x, None, 2.0), rtol=1e-12)
-    new_np, g_np = woodbury(vinv, x[0])
-    new_t, g_t = woodbury(t(vinv), t(x[0]))
-    np.testing.assert_allclose(new_t.numpy(), new_np, rtol=1e-10, atol=1e-12)
+    w_np, g_np = woodbury_factor(vinv, x[0])
+    w_t, g_t = woodbury_factor(t(vinv), t(x[0]))
+    np.testing.assert_allclose(w_t.numpy(), w_np, rtol=1e-10, atol=1e-12)
+    # V^-1 - W W^T is the inverse of V + X^T X
+    np.testing.assert_allclose(vinv - w_np @ w_np.T, np.linalg.inv(np.linalg.inv(vinv) + x[0].T @ x[0]), atol=1e-10)
     assert g_t == pytest.approx(g_np, rel=1e-12)
     assert g_np == pytest.approx(gain(x[0], np.linalg.inv(vinv)), rel=1e-10)

@@ -8,9 +8,10 @@ so a candidate whose K_i = X_i V_t^-1 X_i^T was computed at step t is brought to
 
     K_i <- K_i - P P^T,   P = X_i [W_t ... W_now-1]   (M_i x k, k = tokens chosen since step t)
 
-at M_i d k flops instead of the M_i d^2 of forming X_i V^-1 again. That pays only while k < d, so only
-the most recent factors holding at most d columns are kept, with the K_i computed since; a candidate
-last seen before them is recomputed in full. Memory is O(d^2 + the cached K_i), never d x d per sentence.
+at M_i d k flops instead of the M_i d^2 of forming X_i V^-1 again. That pays only while k is below the
+full recompute's cost (k <= d on CUDA, d/2 on CPU, see below), so only the most recent factors within that
+many columns are kept, with the K_i computed since; a candidate last seen before them is recomputed in full.
+Memory is O(d^2 + the cached K_i), never d x d per sentence.
 
 A full recompute on CPU goes through C = chol(V^-1): K_i = (X_i C)(X_i C)^T, and X_i C with a triangular C
 (BLAS trmm) is half the flops of X_i V^-1 (measured here: 11.8 ms vs 19.6 ms for 16 x 64 x 576).

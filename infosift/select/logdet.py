@@ -1,4 +1,4 @@
-"""Exact sentence gains g_i = log det(I + X_i V^-1 X_i^T), in batches, and the Woodbury step on V^-1.
+"""Exact sentence gains g_i = log det(I + X_i V^-1 X_i^T), in batches, and the small pieces around them.
 
 Why the M-side form: a sentence has M tokens of width d and usually M < d, so the M x M matrix
 I + X V^-1 X^T (matrix determinant lemma: det(V + X^T X) / det V) is far cheaper than any d x d one,
@@ -54,18 +54,6 @@ def gains(x, vinv, ridge: float):
     """
     a = x / ridge if vinv is None else x @ vinv
     return logdet_spd(add_identity(a @ x.mT))
-
-
-def woodbury(vinv, x) -> tuple[object, float]:
-    """Add X^T X to V: V^-1 <- V^-1 - A^T G^-1 A with A = X V^-1, G = I + A X^T; also return log det G.
-
-    log det G is the exact gain of the sentence just added; the result is re-symmetrized against drift.
-    """
-    xp = namespace(x)
-    a = x @ vinv
-    g = add_identity(a @ x.T)
-    new = vinv - a.T @ xp.linalg.solve(g, a)
-    return 0.5 * (new + new.T), float(logdet_spd(g))
 
 
 def inverse_spd(v):
