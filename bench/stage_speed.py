@@ -41,7 +41,10 @@ def random_weights_dir(config_dir: Path, out: Path) -> Path:
 
 
 def n_tokens(model_dir: Path, records: list[dict], max_length: int) -> int:
-    _, tok = load_model_and_tokenizer(model_dir, device="cpu")
+    """Tokens the stage processes: prompt + response under the chat template, cut at max_length."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
     return sum(len(encode_pair(tok, r["prompt"], r["response"], max_length).input_ids) for r in records)
 
 
