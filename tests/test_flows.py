@@ -30,7 +30,7 @@ def fake_dvc(tmp_path, monkeypatch, prefect_api):
     script.write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> {log}\n'
-        'echo "Running stage \'$2\'"\n'
+        "echo \"Running stage '$2'\"\n"
         'if [ "$2" = "$FAKE_DVC_FAIL" ]; then echo "boom" >&2; exit 3; fi\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
