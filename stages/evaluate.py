@@ -64,14 +64,16 @@ def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None) -> dict:
     root = Path(params("download").get("mirror_dir", "../shared/data")) / "mt_bench"
     if not (root / "question.jsonl").exists():
         raise StageError(f"evaluate.mt_bench needs MT-Bench at {root} (question.jsonl, reference, judge prompts)")
-    judge_model = mt.get("judge_model", "base")
+    judge, judge_model = mt.get("judge", "overlap"), mt.get("judge_model", "base")
+    if judge == "local" and judge_model == "base":
+        judge_model = str(base_model_dir()[0])  # resolved only when a local judge needs it
     res = mt_bench_judged(
         model_dir,
         str(root / "question.jsonl"),
         str(root / "reference_answer_gpt-4.jsonl"),
         str(root / "judge_prompts.jsonl"),
-        judge=mt.get("judge", "overlap"),
-        judge_model_dir=str(base_model_dir()[0]) if judge_model == "base" else judge_model,
+        judge=judge,
+        judge_model_dir=judge_model if judge == "local" else None,
         limit=int(mt["limit"]),
         max_new_tokens=int(mt.get("max_new_tokens", 256)),
         batch_size=int(mt.get("batch_size", 4)),
