@@ -47,7 +47,7 @@ def main() -> None:
     emb, queries = rng.normal(size=(args.m, args.d)), rng.normal(size=(args.k, args.d))
 
     t0 = time.perf_counter()
-    fast_idx, fast_gains = greedy_projection(emb, queries, args.budget, args.ridge)
+    fast_idx, fast_gains, _ = greedy_projection(emb, queries, args.budget, args.ridge)
     t_fast = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref_idx, ref_gains = brute_greedy(emb, queries, args.budget, args.ridge)

@@ -10,6 +10,11 @@ atomically to ``<out_dir>.partial/shard-NNNNN/`` with a key (ids, token hash, mo
 settings); a rerun reuses shards whose key matches and redoes the others. Within a shard, examples are
 sorted by length and packed into right-padded batches of at most ``batch_tokens`` padded tokens; the
 batching depends only on the shard's contents, so a resumed run writes byte-identical output.
+
+Alongside the features, from the logits the head already computes: ``costs`` (prompt + response tokens
+of each example under the chat template: what a fine-tune pays for it) and, per feature row, ``p_next``
+(the model's probability of the actual next token) and ``p_sqnorm`` (sum_k p_k^2 of its next-token
+distribution), FisherSFT's information weights (select/fishersft.py).
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from infosift.chat import Encoded, encode_pair
-from infosift.features import IDS, OFFSETS, VALUES, TokenFeatures
+from infosift.features import COSTS, IDS, OFFSETS, P_NEXT, P_SQNORM, VALUES, TokenFeatures
 from infosift.models import autocast, load_model_and_tokenizer, model_fingerprint
 
 PARTS = ("response", "prompt", "all")
 SELF_SCORES, META, SHARD_KEY = "self_scores.npy", "meta.json", "shard.json"
+FORMAT = 2  # shard layout version: 2 added costs, p_next and p_sqnorm
 log = logging.getLogger(__name__)
 
 
@@ -62,15 +68,21 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 # -- one shard ---------------------------------------------------------------------------------
-def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_id: int, out_dtype):
-    """Features (list of (M_i, d) arrays) and self-scores (mean response log-prob) of one shard."""
+def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_id: int, out_dtype) -> TokenFeatures:
+    """Features, costs and token stats of one shard, plus self-scores (mean response log-prob) in ``scores``.
+
+    Returns (TokenFeatures without ids filled in, (N,) float32 self-scores).
+    """
     import torch
 
     device = next(model.parameters()).device
     mixed = autocast(device)[0]
     head = model.get_output_embeddings()
-    feats: list[np.ndarray] = [None] * len(encs)  # type: ignore[list-item]
-    scores = np.full(len(encs), np.nan, dtype=np.float32)
+    n = len(encs)
+    feats: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    p_next: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    p_sqnorm: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    scores = np.full(n, np.nan, dtype=np.float32)
     for batch in length_batches([len(e.input_ids) for e in encs], batch_tokens):
         width = len(encs[batch[0]].input_ids)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -82,14 +94,25 @@ def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_i
             hidden = model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
             hidden = hidden.last_hidden_state  # (B, width, d), after the final norm
             for row, i in enumerate(batch):
-                pos = torch.as_tensor(feature_positions(encs[i], part), device=device)
-                feats[i] = hidden[row, pos].float().cpu().numpy().astype(out_dtype)
-                resp = torch.as_tensor(feature_positions(encs[i], "response"), device=device)
+                pos = feature_positions(encs[i], part)
+                rows = hidden[row, torch.as_tensor(pos, device=device)]
+                feats[i] = rows.float().cpu().numpy().astype(out_dtype)
+                # next-token distribution at each feature row: p_next = p[y], p_sqnorm = sum_k p_k^2
+                logp = torch.log_softmax(head(rows).float(), dim=-1)
+                lp_next = logp.gather(1, ids[row, torch.as_tensor(pos) + 1].to(device)[:, None])[:, 0]
+                p_next[i] = lp_next.exp().cpu().numpy().astype(np.float32)
+                p_sqnorm[i] = torch.exp(2.0 * logp).sum(-1).cpu().numpy().astype(np.float32)
+                resp = feature_positions(encs[i], "response")
+                if len(resp) and part != "response":
+                    logp = torch.log_softmax(head(hidden[row, torch.as_tensor(resp, device=device)]).float(), dim=-1)
+                    lp_next = logp.gather(1, ids[row, torch.as_tensor(resp) + 1].to(device)[:, None])[:, 0]
                 if len(resp):
-                    logp = torch.log_softmax(head(hidden[row, resp]).float(), dim=-1)
-                    target = ids[row, resp.cpu() + 1].to(device)
-                    scores[i] = logp.gather(1, target[:, None]).mean().item()
-    return feats, scores
+                    scores[i] = lp_next.mean().item()
+    features = TokenFeatures.from_list(feats, ids=[str(i) for i in range(n)])
+    features.costs = np.asarray([max(len(e.input_ids), 1) for e in encs], dtype=np.int64)
+    features.p_next = np.concatenate(p_next) if n else np.zeros(0, np.float32)
+    features.p_sqnorm = np.concatenate(p_sqnorm) if n else np.zeros(0, np.float32)
+    return features, scores
 
 
 def _shard_key(ids: list[str], encs: list[Encoded], settings: dict) -> dict:
@@ -98,10 +121,11 @@ def _shard_key(ids: list[str], encs: list[Encoded], settings: dict) -> dict:
     return {"ids": ids, "inputs_sha256": hashlib.sha256(tokens).hexdigest(), **settings}
 
 
-def _write_shard(partial: Path, name: str, key: dict, feats: list[np.ndarray], scores: np.ndarray) -> None:
+def _write_shard(partial: Path, name: str, key: dict, feats: TokenFeatures, scores: np.ndarray) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=partial))
     tmp.chmod(0o755)
-    TokenFeatures.from_list(feats, ids=key["ids"]).save(tmp)
+    feats.ids = list(key["ids"])
+    feats.save(tmp)
     np.save(tmp / SELF_SCORES, scores, allow_pickle=False)
     (tmp / SHARD_KEY).write_text(json.dumps(key, sort_keys=True))
     os.rename(tmp, partial / name)
@@ -139,7 +163,8 @@ def _concat_shards(shards: list[Path], out: Path, meta: dict) -> None:
     np.save(out / OFFSETS, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), allow_pickle=False)
     ids = [i for s in shards for i in json.loads((s / IDS).read_text())]
     (out / IDS).write_text(json.dumps(ids))
-    np.save(out / SELF_SCORES, np.concatenate([np.load(s / SELF_SCORES) for s in shards]), allow_pickle=False)
+    for name in (SELF_SCORES, COSTS, P_NEXT, P_SQNORM):
+        np.save(out / name, np.concatenate([np.load(s / name) for s in shards]), allow_pickle=False)
     meta = {**meta, "n": len(ids), "d": int(first.shape[1]), "total_tokens": total}
     meta["empty_sentences"] = int((lengths == 0).sum())
     (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
@@ -173,6 +198,7 @@ def embed_records(
     """Embed ``records`` ({id, prompt, response, ...}) into ``out_dir`` and return it memory-mapped.
 
     out_dir holds values.npy ((total_tokens, d) in ``dtype``), offsets.npy, ids.json (record order),
+    costs.npy ((N,) int64 chat-template tokens), p_next.npy and p_sqnorm.npy ((total_tokens,) float32),
     self_scores.npy ((N,) float32 mean log-prob of each record's response tokens under the model,
     NaN when truncation left none) and meta.json. Position rules: see ``feature_positions``.
     """
@@ -197,6 +223,7 @@ def embed_records(
         "batch_tokens": batch_tokens,
         "dtype": dtype,
         "compute": f"{next(model.parameters()).device.type}/{compute}",
+        "format": FORMAT,
     }
     partial.mkdir(parents=True, exist_ok=True)
     shards, done_tokens, t0 = [], 0, time.perf_counter()
@@ -208,7 +235,7 @@ def embed_records(
         key = _shard_key(ids[start : start + shard_size], encs, settings)
         if not _finished(shard, key):
             feats, scores = _embed_shard(model, encs, part, batch_tokens, tokenizer.pad_token_id, np.dtype(dtype))
-            TokenFeatures.from_list(feats, ids=key["ids"]).check_finite()
+            feats.check_finite()
             _write_shard(partial, shard.name, key, feats, scores)
             done_tokens += sum(len(e.input_ids) for e in encs)
         shards.append(shard)

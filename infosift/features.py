@@ -1,6 +1,12 @@
 """Ragged token embeddings: the one data structure every selector reads.
 
 Sentence i owns rows ``values[offsets[i]:offsets[i+1]]`` (its tokens' pre-logit embeddings).
+Optional, written by embed:
+- ``costs`` (N,) int64: prompt + response tokens of each example under the chat template, i.e. what a
+  fine-tune pays for it (token budgets count these; default: ``lengths``);
+- ``p_next`` and ``p_sqnorm`` (total_tokens,) float32, ragged like ``values``: the base model's
+  probability of the actual next token, and sum_k p_k^2 of its next-token distribution (FisherSFT's
+  information weights, see select/fishersft.py).
 On disk a TokenFeatures is a directory of plain ``.npy`` files plus ``ids.json`` (no pickle), so a
 large pool can be memory-mapped instead of read into RAM.
 """
@@ -15,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 VALUES, OFFSETS, IDS = "values.npy", "offsets.npy", "ids.json"
+COSTS, P_NEXT, P_SQNORM = "costs.npy", "p_next.npy", "p_sqnorm.npy"
 
 
 @dataclass
@@ -24,6 +31,9 @@ class TokenFeatures:
     values: np.ndarray
     offsets: np.ndarray
     ids: list[str]
+    costs: np.ndarray | None = None
+    p_next: np.ndarray | None = None
+    p_sqnorm: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
@@ -35,6 +45,16 @@ class TokenFeatures:
             raise ValueError("offsets must start at 0 and end at len(values)")
         if np.any(np.diff(self.offsets) < 0):
             raise ValueError("offsets must be non-decreasing")
+        if self.costs is not None:
+            self.costs = np.asarray(self.costs, dtype=np.int64)
+            if self.costs.shape != (len(self.ids),):
+                raise ValueError(f"costs must have shape ({len(self.ids)},), got {self.costs.shape}")
+            if len(self.costs) and self.costs.min() < 1:
+                raise ValueError("costs must be >= 1 token per example")
+        for name in ("p_next", "p_sqnorm"):
+            stat = getattr(self, name)
+            if stat is not None and np.shape(stat) != (len(self.values),):
+                raise ValueError(f"{name} must have one entry per token row ({len(self.values)}), got {np.shape(stat)}")
 
     # -- shape -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -48,6 +68,11 @@ class TokenFeatures:
     def lengths(self) -> np.ndarray:
         """Tokens per sentence, (N,) int64."""
         return np.diff(self.offsets)
+
+    @property
+    def token_costs(self) -> np.ndarray:
+        """What each example costs a fine-tune, (N,) int64: ``costs`` when embed wrote them, else lengths."""
+        return self.costs if self.costs is not None else np.maximum(self.lengths, 1)
 
     def sentence(self, i: int) -> np.ndarray:
         """X_i: the (M_i, d) token matrix of sentence i."""
@@ -64,10 +89,21 @@ class TokenFeatures:
     def subset(self, indices: np.ndarray | list[int]) -> TokenFeatures:
         """A new TokenFeatures holding only the given sentences, in the given order."""
         idx = np.asarray(indices, dtype=np.int64)
-        parts = [self.sentence(int(i)) for i in idx]
-        values = np.concatenate(parts) if parts else np.zeros((0, self.dim), self.values.dtype)
-        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-        return TokenFeatures(np.ascontiguousarray(values), offsets, [self.ids[int(i)] for i in idx])
+        rows = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]
+        rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.lengths[idx])]).astype(np.int64)
+        return TokenFeatures(
+            np.ascontiguousarray(self.values[rows]),
+            offsets,
+            [self.ids[int(i)] for i in idx],
+            costs=None if self.costs is None else self.costs[idx],
+            p_next=None if self.p_next is None else np.asarray(self.p_next)[rows],
+            p_sqnorm=None if self.p_sqnorm is None else np.asarray(self.p_sqnorm)[rows],
+        )
+
+    def with_values(self, values: np.ndarray) -> TokenFeatures:
+        """The same sentences, ids, costs and token stats over new token rows (e.g. reweighted)."""
+        return TokenFeatures(values, self.offsets, self.ids, self.costs, self.p_next, self.p_sqnorm)
 
     def check_finite(self) -> None:
         """Raise ValueError naming the first sentence that holds a NaN or Inf."""
@@ -85,6 +121,9 @@ class TokenFeatures:
         np.save(out / VALUES, np.ascontiguousarray(self.values), allow_pickle=False)
         np.save(out / OFFSETS, self.offsets, allow_pickle=False)
         (out / IDS).write_text(json.dumps(list(self.ids)))
+        for name, arr in ((COSTS, self.costs), (P_NEXT, self.p_next), (P_SQNORM, self.p_sqnorm)):
+            if arr is not None:
+                np.save(out / name, np.ascontiguousarray(arr), allow_pickle=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False) -> TokenFeatures:
@@ -95,7 +134,18 @@ class TokenFeatures:
         values = np.load(src / VALUES, mmap_mode="r" if mmap else None, allow_pickle=False)
         offsets = np.load(src / OFFSETS, allow_pickle=False)
         ids = json.loads((src / IDS).read_text())
-        return cls(values, offsets, ids)
+
+        def optional(name: str, mode: str | None) -> np.ndarray | None:
+            return np.load(src / name, mmap_mode=mode, allow_pickle=False) if (src / name).exists() else None
+
+        return cls(
+            values,
+            offsets,
+            ids,
+            costs=optional(COSTS, None),
+            p_next=optional(P_NEXT, "r" if mmap else None),
+            p_sqnorm=optional(P_SQNORM, "r" if mmap else None),
+        )
 
     @classmethod
     def from_list(cls, sentences: list[np.ndarray], ids: list[str] | None = None) -> TokenFeatures:

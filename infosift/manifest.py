@@ -47,8 +47,12 @@ def build_manifest(
     gains: np.ndarray | None,
     inputs: dict[str, str],
     seconds: float | None = None,
+    info: dict | None = None,
 ) -> dict:
-    """The selection manifest; its `hash` covers everything but itself (and the wall time)."""
+    """The selection manifest; its `hash` covers everything but itself (and the wall time).
+
+    ``info``: what the selector reports about its run (unit, budget used, CELF's choice, objective...).
+    """
     body = {
         "variant": variant,
         "selector": selector,
@@ -59,6 +63,7 @@ def build_manifest(
         "indices": [int(i) for i in indices],
         "gains": None if gains is None else [float(g) for g in gains],
         "inputs": inputs,
+        "info": info or {},
     }
     manifest = {**body, "hash": content_hash(body)}
     if seconds is not None:

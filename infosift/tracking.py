@@ -79,8 +79,9 @@ def log_pipeline(
     artifacts: dict[str, str],
     experiment: str = DEFAULT_EXPERIMENT,
     root: str | Path = ".",
+    metrics: dict[str, float] | None = None,
 ) -> str:
-    """Log the parent run and its nested variant runs; return the parent run id."""
+    """Log the parent run (with run-level ``metrics``, e.g. the evidence) and its nested variant runs."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(root))
@@ -91,6 +92,8 @@ def log_pipeline(
     with mlflow.start_run(run_name=run_name) as parent:
         mlflow.log_params({k: str(v)[:6000] for k, v in _flat(params).items()})
         mlflow.set_tags(tags)
+        if metrics:
+            mlflow.log_metrics({k: float(x) for k, x in metrics.items() if x is not None and x == x})
         _log_artifacts(artifacts)
         for v in variants:
             with mlflow.start_run(run_name=v.name, nested=True):

@@ -35,9 +35,17 @@ def params(section: str | None = None, path: str = "params.yaml") -> dict:
     return data[section]
 
 
-def variant_name(selector: str, budget: int | str, loss: str | None = None) -> str:
-    """The one naming rule for matrix variants: '<selector>-<budget>[-<loss>]'."""
-    return f"{selector}-{budget}" + (f"-{loss}" if loss else "")
+def variant_name(variant: str, budget: int | str, seed: int | str | None = None, loss: str | None = None) -> str:
+    """The one naming rule for matrix items: '<variant>-<budget>[-s<seed>][-<loss>]'."""
+    return f"{variant}-{budget}" + (f"-s{seed}" if seed is not None else "") + (f"-{loss}" if loss else "")
+
+
+def whole_number(text: str, what: str) -> int:
+    """An integer command-line argument, or a StageError saying which one is not."""
+    try:
+        return int(text)
+    except ValueError:
+        raise StageError(f"{what} must be a whole number, got {text!r}") from None
 
 
 @contextmanager

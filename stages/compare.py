@@ -1,7 +1,10 @@
-"""compare: one table and one plot per metric across all variants, then MLflow lineage for the run.
+"""compare: the evidence that a selection beat random, one table and plot per metric, then MLflow lineage.
 
-Reads only what the earlier stages wrote (manifests, metrics, loss curves, models) and the md5s
-DVC recorded for them in dvc.lock, so the MLflow runs point at exactly what DVC caches.
+Reads only what the earlier stages wrote (manifests, per-example NLL, metrics, loss curves, models)
+and the md5s DVC recorded for them in dvc.lock, so the MLflow runs point at exactly what DVC caches.
+Evidence (infosift/evidence.py): every selector against random at the same budget, paired by seed and
+by test example, with a bootstrap interval, the share of seeds won, the random-equivalent budget and a
+verdict; plus, when download made a contaminated pool, the share of bad examples each selector picked.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import time
 from itertools import product
 from pathlib import Path
 
+import numpy as np
+
 from infosift.compare import plot_metric, results_table, to_markdown
+from infosift.evidence import ModelResult, evidence_table, plot_vs_tokens, verdict_lines
 from infosift.tracking import VariantRun, dvc_lock_hashes, git_commit, log_pipeline
 from stages._common import StageError, atomic_output, params, run, variant_name
 
@@ -33,20 +39,150 @@ def load_metrics(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def load_manifest(variant: str, budget: int, seed: int) -> dict:
+    path = Path("results/select") / variant_name(variant, budget) / f"seed-{seed}" / "manifest.json"
+    if not path.exists():
+        raise StageError(f"{path} missing; run select@{variant_name(variant, budget)} first")
+    return json.loads(path.read_text())
+
+
+def contaminated_ids() -> set[str] | None:
+    """Ids download made bad on purpose (None when the pool is clean)."""
+    path = Path("data/download/manifest.json")
+    report = json.loads(path.read_text()).get("contamination") if path.exists() else None
+    return set(report["ids"]) if report and report.get("ids") else None
+
+
 def variant_rows(all_params: dict) -> list[dict]:
-    """One row per (variant, budget, loss) from params.yaml, plus the base model."""
+    """One row per (variant, budget, seed, loss) from params.yaml, plus the base model."""
     sel, ft = all_params["select"], all_params["finetune"]
-    rows = [{"variant": "base", "selector": "base", "budget": 0, "loss": "-", **_numeric(load_metrics("base"))}]
-    for variant, budget, loss in product(sel["run"], sel["budgets"], ft["losses"]):
-        name = variant_name(variant, budget, loss)
-        rows.append(
-            {"variant": name, "selector": variant, "budget": budget, "loss": loss, **_numeric(load_metrics(name))}
-        )
+    bad = contaminated_ids()
+    rows = [
+        {"variant": "base", "selector": "base", "budget": 0, "seed": 0, "loss": "-", **_numeric(load_metrics("base"))}
+    ]
+    for variant, budget, seed, loss in product(sel["run"], sel["budgets"], sel.get("seeds", [0]), ft["losses"]):
+        name = variant_name(variant, budget, seed, loss)
+        manifest = load_manifest(variant, budget, seed)
+        row = {"variant": name, "selector": variant, "budget": budget, "seed": seed, "loss": loss}
+        row["train_tokens"] = manifest.get("info", {}).get("train_tokens", 0)
+        row["n_train"] = len(manifest["ids"])
+        if bad is not None:
+            row["contaminated_share"] = float(np.mean([i in bad for i in manifest["ids"]])) if manifest["ids"] else 0.0
+        rows.append({**row, **_numeric(load_metrics(name))})
     return rows
 
 
 def _numeric(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def per_example(name: str, test_ids: list[str] | None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, nll sums, token counts) of one model's held-out examples, in the order of the first model."""
+    path = Path("results/evaluate") / name / "per_example.jsonl"
+    if not path.exists():
+        raise StageError(f"{path} missing; rerun evaluate@{name} (per-example NLL is needed for paired intervals)")
+    rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    ids = test_ids or list(rows)
+    if set(ids) != set(rows):
+        raise StageError(f"{path} scores other test examples than the other models; rerun evaluate")
+    return ids, np.array([rows[i]["nll_sum"] for i in ids]), np.array([rows[i]["n_tokens"] for i in ids])
+
+
+def evidence(rows: list[dict], loss: str, n_boot: int, unit: str) -> tuple:
+    """Evidence table, verdict lines and ModelResults for the models fine-tuned with ``loss``."""
+    results, test_ids = [], None
+    for row in rows:
+        if row["selector"] == "base" or row["loss"] != loss:
+            continue
+        test_ids, num, den = per_example(row["variant"], test_ids)
+        results.append(ModelResult(row["selector"], row["budget"], row["seed"], row["train_tokens"], num, den))
+    df = evidence_table(results, lower_is_better=True, n_boot=n_boot, seed=0)
+    share = {(r["selector"], r["budget"]): [] for r in rows if "contaminated_share" in r}
+    for r in rows:
+        if "contaminated_share" in r and r["loss"] == loss:
+            share[(r["selector"], r["budget"])].append(r["contaminated_share"])
+    if share:
+        df["contaminated_share"] = [
+            float(np.mean(share.get((s, b), [np.nan]))) for s, b in zip(df["selector"], df["budget"], strict=True)
+        ]
+    return df, verdict_lines(df, metric_name="NLL", budget_unit=unit), results
+
+
+def main(argv: list[str]) -> None:
+    all_params = params()
+    sel = all_params["select"]
+    rows = variant_rows(all_params)
+    df = results_table(rows)
+    cfg = all_params.get("compare", {})
+    unit = sel.get("budget_unit", "examples")
+    parent_metrics: dict[str, float] = {}
+    with atomic_output(OUT) as tmp:
+        tmp.mkdir()
+        df.to_csv(tmp / "table.csv", index=False)
+        (tmp / "table.md").write_text(to_markdown(df))
+        for metric, lower in METRICS.items():
+            if metric in df:
+                plot_metric(df, metric, tmp / f"{metric}.png", lower_is_better=lower)
+        summary = {r["variant"]: {m: r[m] for m in METRICS if m in r} for r in rows}
+        report = [f"# Evidence: each selector against random at the same budget ({unit})\n"]
+        frames = []
+        if "random" not in sel["run"]:
+            report.append("No `random` variant in select.run: nothing to compare against.\n")
+        else:
+            for loss in all_params["finetune"]["losses"]:
+                ev, lines, results = evidence(rows, loss, int(cfg.get("bootstrap", 2000)), unit)
+                ev.insert(0, "loss", loss)
+                frames.append(ev)
+                report += [f"\n## loss: {loss}\n\n", to_markdown(ev.drop(columns=["loss"])), "\n"]
+                report += [f"- {line}\n" for line in lines]
+                first = loss == all_params["finetune"]["losses"][0]
+                plot_vs_tokens(results, tmp / ("nll_vs_tokens.png" if first else f"nll_vs_tokens_{loss}.png"))
+                for r in ev.to_dict("records"):
+                    if r["verdict"] == "reference":
+                        continue
+                    key = f"evidence.{r['selector']}-{r['budget']}-{loss}"
+                    parent_metrics |= {f"{key}.rel_pct": r["rel_pct"], f"{key}.rel_lo_pct": r["rel_lo_pct"]}
+                    parent_metrics |= {f"{key}.rel_hi_pct": r["rel_hi_pct"], f"{key}.seeds_won": r["seeds_won"]}
+            report.append(
+                "\nIntervals: paired bootstrap over seeds and test examples "
+                f"({int(cfg.get('bootstrap', 2000))} replicates, seed 0); seeds {sel.get('seeds', [0])}.\n"
+            )
+        (tmp / "evidence.md").write_text("".join(report))
+        if frames:
+            import pandas as pd
+
+            pd.concat(frames).to_csv(tmp / "evidence.csv", index=False)
+        else:
+            (tmp / "evidence.csv").write_text("")
+        if not (tmp / "nll_vs_tokens.png").exists():
+            plot_metric(df, "nll_per_token", tmp / "nll_vs_tokens.png", lower_is_better=True)
+        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(to_markdown(df))
+    print((OUT / "evidence.md").read_text())
+
+    if not cfg.get("mlflow", True):
+        return
+    lock = dvc_lock_hashes()
+    tags = {
+        "git_commit": git_commit(),
+        "infosift.dataset": all_params["download"]["dataset"],
+        "prefect.flow_run_id": os.environ.get("INFOSIFT_PIPELINE_RUN", ""),
+        **{f"dvc.md5.{p}": m for stage in ("download", "embed") for p, m in lock.get(stage, {}).items()},
+    }
+    run_id = log_pipeline(
+        run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+        params={
+            k: all_params[k]
+            for k in ("model", "download", "embed", "select", "finetune", "evaluate")
+            if k in all_params
+        },
+        tags=tags,
+        variants=mlflow_variants(rows, all_params, lock, bool(cfg.get("log_models", True))),
+        artifacts={"compare": str(OUT), "data_manifest": "data/download/manifest.json"},
+        experiment=cfg.get("experiment", "infosift"),
+        metrics=parent_metrics,
+    )
+    print(f"compare: MLflow parent run {run_id} (browse: mlflow ui --backend-store-uri sqlite:///mlflow.db)")
 
 
 def mlflow_variants(rows: list[dict], all_params: dict, lock: dict, log_models: bool) -> list[VariantRun]:
@@ -65,11 +201,12 @@ def mlflow_variants(rows: list[dict], all_params: dict, lock: dict, log_models: 
             )
             continue
         sel_name = variant_name(row["selector"], row["budget"])
-        manifest_path = Path("results/select") / sel_name / "manifest.json"
+        manifest_path = Path("results/select") / sel_name / f"seed-{row['seed']}" / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         lineage = {
             f"dvc.md5.{path}": md5
-            for stage in (f"select@{sel_name}", f"finetune@{name}")
+            # DVC names a matrix item by its values joined with '-': finetune@<variant>-<budget>-<seed>-<loss>
+            for stage in (f"select@{sel_name}", f"finetune@{sel_name}-{row['seed']}-{row['loss']}")
             for path, md5 in lock.get(stage, {}).items()
         }
         loss_csv = Path("results/finetune") / name / "train_loss.csv"
@@ -80,6 +217,8 @@ def mlflow_variants(rows: list[dict], all_params: dict, lock: dict, log_models: 
             "metrics": f"results/evaluate/{name}/metrics.json",
             "train_loss": str(loss_csv),
         }
+        if (Path("results/evaluate") / name / "per_example.jsonl").exists():
+            artifacts["per_example"] = f"results/evaluate/{name}/per_example.jsonl"
         samples = Path("results/evaluate") / name / "gsm8k_samples"
         if samples.exists():
             artifacts["gsm8k_samples"] = str(samples)
@@ -109,46 +248,6 @@ def mlflow_variants(rows: list[dict], all_params: dict, lock: dict, log_models: 
             )
         )
     return runs
-
-
-def main(argv: list[str]) -> None:
-    all_params = params()
-    rows = variant_rows(all_params)
-    df = results_table(rows)
-    with atomic_output(OUT) as tmp:
-        tmp.mkdir()
-        df.to_csv(tmp / "table.csv", index=False)
-        (tmp / "table.md").write_text(to_markdown(df))
-        for metric, lower in METRICS.items():
-            if metric in df:
-                plot_metric(df, metric, tmp / f"{metric}.png", lower_is_better=lower)
-        summary = {r["variant"]: {m: r[m] for m in METRICS if m in r} for r in rows}
-        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(to_markdown(df))
-
-    cfg = all_params.get("compare", {})
-    if not cfg.get("mlflow", True):
-        return
-    lock = dvc_lock_hashes()
-    tags = {
-        "git_commit": git_commit(),
-        "infosift.dataset": all_params["download"]["dataset"],
-        "prefect.flow_run_id": os.environ.get("INFOSIFT_PIPELINE_RUN", ""),
-        **{f"dvc.md5.{p}": m for stage in ("download", "embed") for p, m in lock.get(stage, {}).items()},
-    }
-    run_id = log_pipeline(
-        run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
-        params={
-            k: all_params[k]
-            for k in ("model", "download", "embed", "select", "finetune", "evaluate")
-            if k in all_params
-        },
-        tags=tags,
-        variants=mlflow_variants(rows, all_params, lock, bool(cfg.get("log_models", True))),
-        artifacts={"compare": str(OUT), "data_manifest": "data/download/manifest.json"},
-        experiment=cfg.get("experiment", "infosift"),
-    )
-    print(f"compare: MLflow parent run {run_id} (browse: mlflow ui --backend-store-uri sqlite:///mlflow.db)")
 
 
 if __name__ == "__main__":

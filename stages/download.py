@@ -2,17 +2,46 @@
 
 Sources in order: the local mirror directory (default ../shared/data), then the dataset's hub id.
 The target slice (for GIP's query set) is held out from the train split, never from test.
+``download.contaminate`` (off by default) makes a seeded share of the POOL bad after it is sampled
+(infosift/contaminate.py); target and test stay clean, and the manifest records what was altered.
 """
 
 from __future__ import annotations
 
 import json
 
+from infosift.contaminate import contaminate
 from infosift.data import dataset_spec, load_file, locate, subsample, write_jsonl
 from infosift.manifest import file_sha256
 from stages._common import StageError, atomic_output, params, run
 
 OUT = "data/download"
+CONTAMINATE_KEYS = ("share", "seed", "modes")
+
+
+def contaminate_pool(pool: list[dict], option: dict | None, seed: int, clean_ids: set[str]) -> tuple[list, dict]:
+    """Apply the ``download.contaminate`` option to the pool; absent or share 0 is off ({"share": 0})."""
+    if option is None:
+        return pool, {"share": 0}
+    if not isinstance(option, dict):
+        raise StageError(f"download.contaminate must be a mapping with {', '.join(CONTAMINATE_KEYS)}, got {option!r}")
+    unknown = sorted(set(option) - set(CONTAMINATE_KEYS))
+    if unknown:
+        raise StageError(f"download.contaminate: unknown key {unknown[0]!r} (known: {', '.join(CONTAMINATE_KEYS)})")
+    share = option.get("share", 0)
+    if share == 0 and not isinstance(share, bool):
+        return pool, {"share": 0}
+    modes = option.get("modes", ("swap", "truncate"))
+    if isinstance(modes, str) or not isinstance(modes, list | tuple):
+        raise StageError(f"download.contaminate.modes must be a list of modes, got {modes!r}")
+    try:
+        pool, report = contaminate(pool, share, seed=int(option.get("seed", seed)), modes=tuple(modes))
+    except (ValueError, TypeError) as e:  # a bad share, seed or mode
+        raise StageError(f"download.contaminate: {e}") from None
+    clash = sorted(set(report["ids"]) & clean_ids)
+    if clash:
+        raise StageError(f"download.contaminate: altered record {clash[0]} equals a target or test record")
+    return pool, report
 
 
 def main(argv: list[str]) -> None:
@@ -39,6 +68,8 @@ def main(argv: list[str]) -> None:
         raise StageError(f"pool_size {pool_size} is larger than the {len(rest)} train records available")
     pool = subsample(rest, pool_size, seed=p["seed"])
     test = subsample(test, p.get("test_size"), seed=p["seed"])
+    clean_ids = target_ids | {r["id"] for r in test}
+    pool, contamination = contaminate_pool(pool, p.get("contaminate"), p["seed"], clean_ids)
 
     with atomic_output(OUT) as tmp:
         tmp.mkdir()
@@ -51,6 +82,7 @@ def main(argv: list[str]) -> None:
             "counts": {"pool": len(pool), "target": len(target), "test": len(test)},
             "duplicates_dropped": {"train": train_dupes, "test": test_dupes},
             "train_examples_also_in_test_dropped": leaked,
+            "contamination": contamination,
             "params": p,
             "sha256": {n: file_sha256(tmp / f"{n}.jsonl") for n in ("pool", "target", "test")},
         }
@@ -58,6 +90,7 @@ def main(argv: list[str]) -> None:
     print(
         f"download: {spec.name} pool={len(pool)} target={len(target)} test={len(test)} "
         f"(duplicates dropped: train {train_dupes}, test {test_dupes}) from {train_path.parent}"
+        + (f"; contaminated {contamination['n']} pool records" if contamination.get("n") else "")
     )
 
 

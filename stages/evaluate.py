@@ -1,5 +1,8 @@
 """evaluate@<name>: held-out NLL, lm-eval GSM8K and the MT-Bench-style judged suite of one model.
 
+Writes results/evaluate/<name>/metrics.json (pooled numbers) and per_example.jsonl (one held-out NLL
+line per scored test record: {"id", "nll_sum", "n_tokens"}).
+
 'base' is the un-tuned reference. The judged suite reads MT-Bench from download.mirror_dir.
 """
 
@@ -34,6 +37,7 @@ def main(argv: list[str]) -> None:
             batch_size=int(p.get("batch_size", 8)),
             device=p.get("device"),
         )
+        write_per_example(tmp / "per_example.jsonl", nll.pop("per_example"))
         metrics.update(nll)
         gsm = p.get("gsm8k") or {}
         if gsm.get("limit", 0):
@@ -57,6 +61,11 @@ def main(argv: list[str]) -> None:
             metrics.update(judged(str(model_dir), mt, tmp / "mt_bench", p.get("device")))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print("evaluate: " + json.dumps(metrics))
+
+
+def write_per_example(path: Path, rows: list[dict]) -> None:
+    """One {id, nll_sum, n_tokens} per scored test record, for compare's paired intervals; metrics.json stays small."""
+    path.write_text("".join(json.dumps({k: r[k] for k in ("id", "nll_sum", "n_tokens")}) + "\n" for r in rows))
 
 
 def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None) -> dict:

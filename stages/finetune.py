@@ -1,4 +1,8 @@
-"""finetune@<variant>-<budget>-<loss>: SFT of the base model on one selection, saved as an HF dir."""
+"""finetune@<variant>-<budget>-s<seed>-<loss>: SFT of the base model on one selection, saved as an HF dir.
+
+The seed is the selection's seed (random picks per seed) and the fine-tune's (data order, init of
+LoRA, dropout), so repeating a variant over seeds measures both sources of noise.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from infosift.data import read_records
 from infosift.manifest import content_hash, verify_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
 from infosift.train import TrainConfig, finetune
-from stages._common import StageError, atomic_output, params, run, variant_name
+from stages._common import StageError, atomic_output, params, run, variant_name, whole_number
 from stages.model import base_model_dir
 
 LOSSES = ("nll", "dft", "infosift")
@@ -26,13 +30,16 @@ def chosen_records(manifest: dict, pool: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 3:
-        raise StageError("usage: python -m stages.finetune VARIANT BUDGET LOSS")
-    variant, budget, loss = argv[0], int(argv[1]), argv[2]
+    if len(argv) != 4:
+        raise StageError("usage: python -m stages.finetune VARIANT BUDGET SEED LOSS")
+    variant, budget, seed, loss = argv[0], whole_number(argv[1], "budget"), whole_number(argv[2], "seed"), argv[3]
     if loss not in LOSSES:
         raise StageError(f"unknown loss_type {loss!r}; use one of {', '.join(LOSSES)}")
     p = dict(params("finetune")["train"])
-    manifest_path = Path("results/select") / variant_name(variant, budget) / "manifest.json"
+    p["seed"] = seed
+    manifest_path = Path("results/select") / variant_name(variant, budget) / f"seed-{seed}" / "manifest.json"
+    if not manifest_path.exists():
+        raise StageError(f"{manifest_path} missing; run select@{variant_name(variant, budget)} with {seed} in seeds")
     manifest = json.loads(manifest_path.read_text())
     verify_manifest(manifest)
     records = chosen_records(manifest, read_records("data/download/pool.jsonl"))
@@ -40,7 +47,7 @@ def main(argv: list[str]) -> None:
     base_dir, trust = base_model_dir()
     model, tokenizer = load_model_and_tokenizer(base_dir, device=p.pop("device", None), trust_remote_code=trust)
     cfg = TrainConfig(loss_type=loss, **p)
-    name = variant_name(variant, budget, loss)
+    name = variant_name(variant, budget, seed, loss)
     with atomic_output(Path("models") / name) as tmp:
         history = finetune(model, tokenizer, records, tmp, cfg, device=str(model.device))
         provenance = {

@@ -1,23 +1,30 @@
-"""select@<variant>-<budget>: run one selector variant on the pool's token features, write its manifest.
+"""select@<variant>-<budget>: run one selector variant on the pool's token features, once per seed.
 
 A variant is a named selector configuration in params.yaml (select.variants): the selector's
-registry name, its construction params, and which query signal it gets (GIP: targets or scores).
+registry name, its construction params, and which query signal it gets (GIP: targets or scores;
+DSIR: n-gram importance weights toward the target slice). Budgets count ``select.budget_unit``:
+tokens (what a fine-tune pays for) or examples. A seeded selector (random, density) selects once per
+seed in ``select.seeds``; a deterministic one selects once and writes that selection for every seed,
+so each seed still gets its own fine-tune. Output: results/select/<variant>-<budget>/seed-<s>/manifest.json.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from infosift.data import read_records
 from infosift.features import TokenFeatures
 from infosift.manifest import build_manifest, path_sha256
 from infosift.select import get_selector
-from stages._common import StageError, atomic_output, params, run, variant_name
+from stages._common import StageError, atomic_output, params, run, variant_name, whole_number
 
 FEATURES = Path("data/features")
+DOWNLOAD = Path("data/download")
 
 
 def variant_config(name: str, p: dict) -> tuple[str, dict, str | None]:
@@ -43,6 +50,11 @@ def query_inputs(query: str | None, cfg: dict, ids: list[str]) -> tuple[dict, di
     if query == "scores":
         path = FEATURES / "pool" / "self_scores.npy"
         return {"scores": np.load(path)}, {"scores": path_sha256(path)}
+    if query == "dsir":
+        return {"scores": dsir_scores(ids)}, {
+            "pool": path_sha256(DOWNLOAD / "pool.jsonl"),
+            "target": path_sha256(DOWNLOAD / "target.jsonl"),
+        }
     if query == "ma":
         from infosift.scores import load_attribute_scores
 
@@ -51,41 +63,85 @@ def query_inputs(query: str | None, cfg: dict, ids: list[str]) -> tuple[dict, di
             raise StageError("query 'ma' needs scores_file (JSON {id: {attribute: value}}) in the variant config")
         scores = load_attribute_scores(path, ids, cfg.get("attribute_weights"))
         return {"scores": scores}, {"scores": path_sha256(path)}
-    raise StageError(f"unknown query kind {query!r} (use targets, scores or ma)")
+    raise StageError(f"unknown query kind {query!r} (use targets, scores, dsir or ma)")
+
+
+def dsir_scores(ids: list[str]) -> np.ndarray:
+    """DSIR log importance weights of the pool toward the target slice, aligned to the feature ids."""
+    from infosift.dsir import dsir_log_weights
+
+    pool = {r["id"]: r for r in read_records(DOWNLOAD / "pool.jsonl")}
+    target_path = DOWNLOAD / "target.jsonl"
+    target = read_records(target_path) if target_path.stat().st_size else []
+    if not target:
+        raise StageError("query 'dsir' needs a target slice: set download.target_size > 0")
+    missing = [i for i in ids if i not in pool]
+    if missing:
+        raise StageError(f"{len(missing)} feature ids are not in {DOWNLOAD / 'pool.jsonl'}; rerun embed")
+
+    def text(r: dict) -> str:
+        return f"{r['prompt']}\n{r['response']}"
+
+    with tempfile.TemporaryDirectory(prefix="dsir-") as work:
+        return dsir_log_weights([text(pool[i]) for i in ids], [text(r) for r in target], work)
+
+
+def scalar_info(info: dict) -> dict:
+    """The JSON-able scalars of a selector's info; arrays (per-example densities) and wall times (``*_s``)
+    stay out, so equal selections have equal manifest hashes."""
+    keep = {k: v for k, v in info.items() if isinstance(v, str | int | float | bool | np.generic) or v is None}
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in keep.items() if not k.endswith("_s")}
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise StageError("usage: python -m stages.select VARIANT BUDGET")
-    name, budget = argv[0], int(argv[1])
+    name, budget = argv[0], whole_number(argv[1], "budget")
     p = params("select")
+    unit = p.get("budget_unit", "examples")
+    seeds = [int(s) for s in p.get("seeds", [0])]
+    if not seeds:
+        raise StageError("select.seeds is empty: give at least one seed, e.g. [0]")
     selector_name, sel_params, query = variant_config(name, p)
     query_cfg = {k: sel_params.pop(k) for k in ("scores_file", "attribute_weights") if k in sel_params}
     selector = get_selector(selector_name, **sel_params)
     features = TokenFeatures.load(FEATURES / "pool", mmap=True)
     extra, input_hashes = query_inputs(query, query_cfg, features.ids)
+    deterministic = bool(getattr(selector, "deterministic", False))
 
-    t0 = time.perf_counter()
-    result = selector.select(features, budget=budget, seed=int(p.get("seed", 0)), **extra)
-    seconds = time.perf_counter() - t0
-
-    manifest = build_manifest(
-        variant=name,
-        selector=selector_name,
-        params={**sel_params, **query_cfg, "query": query},
-        budget=budget,
-        seed=int(p.get("seed", 0)),
-        ids=features.ids,
-        indices=np.asarray(result.indices),
-        gains=None if result.gains is None else np.asarray(result.gains),
-        inputs={"features": path_sha256(FEATURES / "pool"), **input_hashes},
-        seconds=seconds,
-    )
     out_dir = Path("results/select") / variant_name(name, budget)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir()
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"select: {name} chose {budget} of {len(features)} in {seconds:.2f}s -> {out_dir}/manifest.json")
+        result, seconds = None, 0.0
+        for seed in seeds:
+            if result is None or not deterministic:
+                t0 = time.perf_counter()
+                result = selector.select(features, budget=budget, seed=seed, unit=unit, **extra)
+                seconds = time.perf_counter() - t0
+            manifest = build_manifest(
+                variant=name,
+                selector=selector_name,
+                params={**sel_params, **query_cfg, "query": query},
+                budget=budget,
+                seed=seed,
+                ids=features.ids,
+                indices=np.asarray(result.indices),
+                gains=None if result.gains is None else np.asarray(result.gains),
+                inputs={"features": path_sha256(FEATURES / "pool"), **input_hashes},
+                seconds=seconds,
+                info={
+                    **scalar_info(result.info),
+                    "unit": unit,
+                    "deterministic": deterministic,
+                    "train_tokens": int(features.token_costs[np.asarray(result.indices, dtype=np.int64)].sum()),
+                },
+            )
+            (tmp / f"seed-{seed}").mkdir()
+            (tmp / f"seed-{seed}" / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+            print(
+                f"select: {name} seed {seed} chose {len(result.indices)} of {len(features)} examples "
+                f"({manifest['info']['train_tokens']} tokens; budget {budget} {unit}) in {seconds:.2f}s"
+            )
 
 
 if __name__ == "__main__":

@@ -29,21 +29,24 @@ TINY_PARAMS = {
         "target_size": 8,
         "test_size": 10,
         "seed": 0,
+        "contaminate": {"share": 0.25, "seed": 0, "modes": ["swap", "truncate"]},
     },
     "embed": {"part": "response", "max_length": 64, "batch_tokens": 512, "shard_size": 16, "dtype": "float16"},
     "select": {
-        "run": ["random", "fishersft", "gip-target", "gip-sc"],
-        "budgets": [6],
-        "seed": 0,
+        "run": ["random", "fishersft-err", "gip-target", "dsir"],
+        "budget_unit": "tokens",
+        "budgets": [200, 400],
+        "seeds": [0, 1],
         "variants": {
             "random": {"selector": "random"},
             "fishersft": {"selector": "fishersft", "ridge": 1.0},
+            "fishersft-err": {"selector": "fishersft", "ridge": 1.0, "weighting": "error"},
             "gip-target": {"selector": "gip", "ridge": 1.0, "query": "targets"},
-            "gip-sc": {"selector": "gip", "ridge": 1.0, "query": "scores"},
+            "dsir": {"selector": "dsir", "query": "dsir", "mode": "topk"},
         },
     },
     "finetune": {
-        "losses": ["nll", "infosift"],
+        "losses": ["nll"],
         "train": {
             "lr": 1e-3,
             "epochs": 1,
@@ -53,7 +56,6 @@ TINY_PARAMS = {
             "warmup_ratio": 0.0,
             "weight_decay": 0.0,
             "infosft_p": 0.93,
-            "seed": 0,
             "lora": None,
         },
     },
@@ -86,7 +88,7 @@ TINY_PARAMS = {
         "seeds": 2,
         "selectors": {"random": {}, "fishersft": {"ridge": 1.0}},
     },
-    "compare": {"mlflow": True, "experiment": "e2e", "log_models": True},
+    "compare": {"bootstrap": 200, "mlflow": True, "experiment": "e2e", "log_models": True},
 }
 
 MT_QUESTIONS = [{"question_id": 101, "category": "math", "turns": ["what is 2 plus 3 ?", "and 4 ?"]}]
@@ -147,25 +149,49 @@ def repo(tmp_path_factory):
     return repo, env, out
 
 
+VARIANTS = ("random", "fishersft-err", "gip-target", "dsir")
+ITEMS = [(v, b, s) for v in VARIANTS for b in (200, 400) for s in (0, 1)]
+
+
 def test_first_repro_writes_manifests_metrics_and_plots(repo):
     root, _, _ = repo
-    for variant in ("random-6", "fishersft-6", "gip-target-6", "gip-sc-6"):
-        manifest = json.loads((root / "results/select" / variant / "manifest.json").read_text())
-        assert len(manifest["ids"]) == 6 == len(set(manifest["indices"]))
-        assert manifest["inputs"]["features"] and len(manifest["hash"]) == 64
-    fisher = json.loads((root / "results/select/fishersft-6/manifest.json").read_text())
-    assert fisher["gains"] == sorted(fisher["gains"], reverse=True)  # greedy gains never increase
-    for name in ("base", "random-6-nll", "fishersft-6-nll", "fishersft-6-infosift"):
+    pool = {json.loads(line)["id"] for line in (root / "data/download/pool.jsonl").read_text().splitlines()}
+    costs = dict(
+        zip(
+            json.loads((root / "data/features/pool/ids.json").read_text()),
+            __import__("numpy").load(root / "data/features/pool/costs.npy").tolist(),
+            strict=True,
+        )
+    )
+    for variant, budget, seed in ITEMS:
+        manifest = json.loads((root / f"results/select/{variant}-{budget}/seed-{seed}/manifest.json").read_text())
+        spent = sum(costs[i] for i in manifest["ids"])
+        assert spent == manifest["info"]["train_tokens"] <= budget and set(manifest["ids"]) <= pool
+        assert len(set(manifest["ids"])) == len(manifest["ids"]) and manifest["seed"] == seed
+        assert manifest["inputs"] and len(manifest["hash"]) == 64 and manifest["info"]["unit"] == "tokens"
+    # a deterministic selector selects once: the same picks for every seed; random differs by seed
+    det = [json.loads((root / f"results/select/fishersft-err-200/seed-{s}/manifest.json").read_text()) for s in (0, 1)]
+    assert det[0]["ids"] == det[1]["ids"] and det[0]["info"]["deterministic"]
+    rnd = [json.loads((root / f"results/select/random-400/seed-{s}/manifest.json").read_text()) for s in (0, 1)]
+    assert rnd[0]["ids"] != rnd[1]["ids"]
+    for name in ["base"] + [f"{v}-{b}-s{s}-nll" for v, b, s in ITEMS]:
         metrics = json.loads((root / "results/evaluate" / name / "metrics.json").read_text())
         assert metrics["nll_per_token"] > 0 and metrics["n_examples"] == 6
         assert 0.0 <= metrics["gsm8k_exact_match_strict"] <= 1.0
         assert 1.0 <= metrics["mt_bench_score"] <= 10.0 and metrics["mt_bench_judge"] == "overlap"
-        assert (root / "results/evaluate" / name / "mt_bench/mt_bench_judged.jsonl").exists()
+        assert len((root / "results/evaluate" / name / "per_example.jsonl").read_text().splitlines()) == 6
     table = (root / "results/compare/table.csv").read_text().splitlines()
-    assert len(table) == 1 + 1 + 8  # header, base, 4 selections x 2 losses
-    for png in ("nll_per_token.png", "gsm8k_exact_match_strict.png", "mt_bench_score.png"):
+    assert len(table) == 1 + 1 + len(ITEMS)  # header, base, one row per (variant, budget, seed)
+    evidence = (root / "results/compare/evidence.md").read_text()
+    for v in VARIANTS[1:]:
+        assert f"{v} @ 200 tokens:" in evidence and f"{v} @ 400 tokens:" in evidence
+    ev = (root / "results/compare/evidence.csv").read_text().splitlines()
+    assert len(ev) == 1 + 2 * len(VARIANTS) and "contaminated_share" in ev[0]
+    manifest = json.loads((root / "data/download/manifest.json").read_text())
+    assert manifest["contamination"]["n"] == 10 and len(manifest["contamination"]["ids"]) == 10
+    for png in ("nll_per_token.png", "nll_vs_tokens.png", "gsm8k_exact_match_strict.png", "mt_bench_score.png"):
         assert (root / "results/compare" / png).read_bytes()[:4] == b"\x89PNG"
-    assert (root / "models/fishersft-6-nll/config.json").exists()
+    assert (root / "models/fishersft-err-200-s0-nll/config.json").exists()
     ranking = json.loads((root / "results/sketch/ranking.json").read_text())
     assert {r["source"] for r in ranking["ranking"]} == {"pool", "mt_bench"}
     assert (root / "results/synthetic/prediction_error.png").exists()
@@ -182,15 +208,16 @@ def test_mlflow_has_parent_and_nested_variant_runs(repo):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1
     names = {r.info.run_name for r in children}
-    variants = ("random-6", "fishersft-6", "gip-target-6", "gip-sc-6")
-    assert names == {"base"} | {f"{v}-{loss}" for v in variants for loss in ("nll", "infosift")}
-    fisher = next(r for r in children if r.info.run_name == "fishersft-6-nll")
-    assert "nll_per_token" in fisher.data.metrics
+    assert names == {"base"} | {f"{v}-{b}-s{s}-nll" for v, b, s in ITEMS}
+    fisher = next(r for r in children if r.info.run_name == "fishersft-err-200-s1-nll")
+    assert "nll_per_token" in fisher.data.metrics and fisher.data.params["seed"] == "1"
     assert fisher.data.tags["infosift.manifest_hash"]
-    assert any(k.startswith("dvc.md5.") for k in fisher.data.tags)
+    assert any(k.startswith("dvc.md5.results/select") for k in fisher.data.tags)
+    assert any(k.startswith("dvc.md5.models") for k in fisher.data.tags)
     assert parents[0].data.tags["git_commit"] != "unknown"
+    assert "evidence.dsir-200-nll.rel_pct" in parents[0].data.metrics
     artifacts = {a.path for a in client.list_artifacts(fisher.info.run_id)}
-    assert {"manifest", "metrics", "model"} <= artifacts
+    assert {"manifest", "metrics", "model", "per_example"} <= artifacts
 
 
 def test_second_repro_runs_nothing(repo):
@@ -204,11 +231,11 @@ def test_second_repro_runs_nothing(repo):
 def test_select_param_change_reruns_only_its_branch(repo):
     root, env, _ = repo
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["select"]["variants"]["fishersft"]["ridge"] = 2.0
+    params["select"]["variants"]["fishersft-err"]["ridge"] = 2.0
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(["dvc", "repro"], root, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    expected = {"select@fishersft-6", "compare"} | {
-        f"{stage}@fishersft-6-{loss}" for stage in ("finetune", "evaluate") for loss in ("nll", "infosift")
+    expected = {"select@fishersft-err-200", "select@fishersft-err-400", "compare"} | {
+        f"{stage}@fishersft-err-{b}-{s}-nll" for stage in ("finetune", "evaluate") for b in (200, 400) for s in (0, 1)
     }
     assert ran == expected, ran

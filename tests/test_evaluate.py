@@ -1,39 +1,86 @@
-"""Evaluation tests: NLL against a hand computation, lm-eval GSM8K end to end and with a scripted
+"""Evaluation tests: NLL against a hand computation (pooled and per example, float32 even where bf16 would
+hide a fine-tune), the evaluate stage's per_example.jsonl, lm-eval GSM8K end to end and with a scripted
 model (right answer scores 1, wrong 0), and the MT-Bench-style suite with a fake judge."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from infosift.chat import encode_pair
 from infosift.evaluate import gsm8k_lm_eval, heldout_nll, mt_bench_judged, overlap_rating, parse_rating
 from infosift.evaluate.gsm8k import TASK_NAME, run_gsm8k_task, summarize, task_config, write_samples
 from infosift.evaluate.judge import token_f1
-from tests.tiny import gsm_rows, write_jsonl
+from infosift.evaluate.nll import fp32_matmuls
+from tests.tiny import build_tokenizer, gsm_rows, save_tiny_model, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- held-out NLL
 
 
-def _hand_nll(model_dir, records, response_only=True):
-    """Token by token, one example at a time: sum of -log p(x_t | x_<t) over (response) tokens."""
+def _hand_nll_rows(model_dir, records, response_only=True):
+    """Token by token, one example at a time: per example, sum of -log p(x_t | x_<t) over (response) tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    total, n = 0.0, 0
+    rows = []
     for r in records:
         enc = encode_pair(tok, r["prompt"], r["response"])
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([enc.input_ids])).logits[0].double(), dim=-1)
+        total, n = 0.0, 0
         for t in range(1, len(enc.input_ids)):
             if enc.response_mask[t] or not response_only:
                 total -= float(logp[t - 1, enc.input_ids[t]])
                 n += 1
-    return total / n, n
+        rows.append((total, n))
+    return rows
+
+
+def _hand_nll(model_dir, records, response_only=True):
+    rows = _hand_nll_rows(model_dir, records, response_only)
+    n = sum(k for _, k in rows)
+    return sum(s for s, _ in rows) / n, n
+
+
+@pytest.fixture
+def nudged_model_dirs(tmp_path, gsm_records):
+    """(base, nudged): a tiny model whose weights are exact bf16 values, and a copy one step downhill.
+
+    The step moves every weight by a relative 1e-4 against the sign of its gradient on gsm_records[:4]
+    (what Adam's first step at lr 2e-5 does to weights of ~0.2): a real change in NLL, yet well under half
+    of bf16's relative spacing (>= 2**-9), so loading or autocasting the copy in bf16 gives back the base.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from infosift.train import TrainConfig, collate, step_loss
+
+    base = save_tiny_model(tmp_path / "base")
+    tok = build_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    model.save_pretrained(base)  # the base, now bf16-representable (still saved as fp32)
+    batch = collate([encode_pair(tok, r["prompt"], r["response"]) for r in gsm_records[:4]], tok.pad_token_id)
+    step_loss(model, batch, TrainConfig()).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 - 1e-4 * torch.sign(p.grad) * torch.sign(p))
+    nudged = tmp_path / "nudged"
+    model.save_pretrained(nudged)
+    tok.save_pretrained(nudged)
+    return base, nudged
 
 
 def test_heldout_nll_matches_hand_computation(tiny_model_dir, gsm_records):
@@ -61,6 +108,85 @@ def test_heldout_nll_batch_size_invariant(tiny_model_dir, gsm_records):
 def test_heldout_nll_rejects_empty(tiny_model_dir):
     with pytest.raises(ValueError):
         heldout_nll(str(tiny_model_dir), [], device="cpu")
+
+
+def test_heldout_nll_per_example_aligned_and_adds_up(tiny_model_dir, gsm_records):
+    records = gsm_records[:7]
+    records = [records[i] for i in (3, 0, 6, 1, 5, 2, 4)]  # input order unrelated to length order
+    assert len({len(r["prompt"] + r["response"]) for r in records}) > 1
+    out = heldout_nll(str(tiny_model_dir), records, batch_size=3, device="cpu")  # sorted, padded, ragged last batch
+    per = out["per_example"]
+    assert [p["id"] for p in per] == [r["id"] for r in records]
+    assert all(isinstance(p["nll_sum"], float) and isinstance(p["n_tokens"], int) for p in per)
+    assert sum(p["n_tokens"] for p in per) == out["n_tokens"]
+    assert sum(p["nll_sum"] for p in per) / out["n_tokens"] == pytest.approx(out["nll_per_token"], rel=1e-12)
+    for p, r, (s, n) in zip(per, records, _hand_nll_rows(tiny_model_dir, records), strict=True):
+        one = heldout_nll(str(tiny_model_dir), [r], device="cpu")["per_example"][0]
+        assert p["n_tokens"] == one["n_tokens"] == n
+        assert p["nll_sum"] == pytest.approx(one["nll_sum"], rel=1e-5)
+        assert p["nll_sum"] == pytest.approx(s, rel=1e-5)
+    # examples differ, so a shuffle of the rows would show
+    assert len({round(p["nll_sum"] / p["n_tokens"], 6) for p in per}) == len(per)
+
+
+def test_heldout_nll_tells_apart_a_fine_tune_that_bf16_would_hide(nudged_model_dirs, gsm_records):
+    base, nudged = (str(d) for d in nudged_model_dirs)
+    records = gsm_records[:4]
+    a = heldout_nll(base, records, batch_size=2, device="cpu")
+    b = heldout_nll(nudged, records, batch_size=2, device="cpu")
+    for pa, pb in zip(a["per_example"], b["per_example"], strict=True):
+        assert pa["n_tokens"] == pb["n_tokens"]
+        assert abs(pa["nll_sum"] - pb["nll_sum"]) > 5e-4  # fp32: ~2e-3; bf16 weights: 0; bf16 autocast: <4e-4
+    assert b["nll_per_token"] < a["nll_per_token"]  # one step downhill
+    # the premise: in bf16 the two models are one and the same, so a bf16 scoring path would fail above
+    from transformers import AutoModelForCausalLM
+
+    wa, wb = (AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).state_dict() for d in (base, nudged))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_fp32_matmuls_turns_tf32_off_and_restores():
+    knob = torch.backends.cuda.matmul
+    if hasattr(knob, "fp32_precision"):
+        name, on, off = "fp32_precision", "tf32", "ieee"
+    else:
+        name, on, off = "allow_tf32", True, False
+    before = getattr(knob, name)
+    try:
+        setattr(knob, name, on)
+        with fp32_matmuls():
+            assert getattr(knob, name) == off
+        assert getattr(knob, name) == on
+        with pytest.raises(RuntimeError), fp32_matmuls():
+            raise RuntimeError("boom")
+        assert getattr(knob, name) == on
+    finally:
+        setattr(knob, name, before)
+
+
+def test_evaluate_stage_writes_per_example(tiny_model_dir, gsm_records, tmp_path):
+    """The stage as DVC runs it: per_example.jsonl has one line per scored test record; metrics.json stays small."""
+    import shutil
+
+    name = "random-4-s0-nll"
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / name)
+    test = gsm_records[:6]
+    write_jsonl(tmp_path / "data/download/test.jsonl", test)
+    evaluate = {"n_test": 5, "max_length": 128, "batch_size": 2, "device": "cpu", "gsm8k": {"limit": 0},
+                "mt_bench": {"limit": 0}}  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": evaluate}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "stages.evaluate", name], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "results/evaluate" / name
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (out / "per_example.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in test[:5]]
+    assert all(set(r) == {"id", "nll_sum", "n_tokens"} for r in rows)
+    assert "per_example" not in metrics and metrics["n_examples"] == 5
+    assert sum(r["n_tokens"] for r in rows) == metrics["n_tokens"]
+    assert sum(r["nll_sum"] for r in rows) / metrics["n_tokens"] == pytest.approx(metrics["nll_per_token"])
 
 
 # ---------------------------------------------------------------- GSM8K through lm-eval

@@ -78,8 +78,8 @@ def test_scores_query_is_centred_cross_covariance_and_matches_brute_force():
 def test_gram_column_mode_equals_precomputed_gram():
     rng = np.random.default_rng(5)
     emb, q = rng.normal(size=(60, 7)), rng.normal(size=(4, 7))
-    a = greedy_projection(emb, q, 20, 0.3)
-    b = greedy_projection(emb, q, 20, 0.3, max_gram_bytes=0)
+    a = greedy_projection(emb, q, 20, 0.3)[:2]
+    b = greedy_projection(emb, q, 20, 0.3, max_gram_bytes=0)[:2]
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[1], b[1], rtol=1e-10)
 
@@ -89,7 +89,7 @@ def test_duplicates_and_zero_rows_are_safe():
     rng = np.random.default_rng(6)
     base = rng.normal(size=(3, 5))
     emb = np.concatenate([base, base, np.zeros((2, 5))])
-    idx, gains = greedy_projection(emb, rng.normal(size=(2, 5)), 8, 1e-3)
+    idx, gains, _ = greedy_projection(emb, rng.normal(size=(2, 5)), 8, 1e-3)
     assert len(set(idx.tolist())) == 8
     assert np.isfinite(gains).all() and gains.min() >= -1e-9
 

@@ -78,15 +78,27 @@ def test_download_ok_then_select_errors(tmp_path):
     rng = np.random.default_rng(0)
     feats = TokenFeatures.from_list([rng.normal(size=(3, 4)).astype(np.float16) for _ in range(5)])
     feats.save(cwd / "data/features/pool")
-    params = {"select": {"seed": 0, "variants": {"random": {"selector": "random"}, "bogus": {"selector": "nope"}}}}
+    variants = {"random": {"selector": "random"}, "bogus": {"selector": "nope"}}
+    params = {"select": {"seeds": [0], "budget_unit": "examples", "variants": variants}}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
 
     assert_one_error_line(run_stage(cwd, "stages.select", "random", "6"), "budget 6 is larger than the pool (5")
+    assert_one_error_line(run_stage(cwd, "stages.select", "random", "2.5"), "budget must be a whole number")
     assert_one_error_line(run_stage(cwd, "stages.select", "bogus", "2"), "unknown selector 'nope'")
     assert_one_error_line(run_stage(cwd, "stages.select", "missing", "2"), "unknown selector variant 'missing'")
     assert not (cwd / "results").exists() or not any((cwd / "results").rglob("manifest.json"))
 
     ok = run_stage(cwd, "stages.select", "random", "5")
     assert ok.returncode == 0, ok.stderr
-    manifest = json.loads((cwd / "results/select/random-5/manifest.json").read_text())
+    manifest = json.loads((cwd / "results/select/random-5/seed-0/manifest.json").read_text())
     assert sorted(manifest["indices"]) == [0, 1, 2, 3, 4] and len(manifest["hash"]) == 64
+
+    # token budgets: 15 tokens in all (5 sentences x 3 rows, no costs written -> lengths)
+    params["select"]["budget_unit"] = "tokens"
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    assert_one_error_line(run_stage(cwd, "stages.select", "random", "2"), "token budget 2 fits no example")
+    assert_one_error_line(run_stage(cwd, "stages.select", "random", "16"), "exceeds the whole pool (15 tokens)")
+    ok = run_stage(cwd, "stages.select", "random", "7")
+    assert ok.returncode == 0, ok.stderr
+    manifest = json.loads((cwd / "results/select/random-7/seed-0/manifest.json").read_text())
+    assert len(manifest["ids"]) == 2 and manifest["info"]["train_tokens"] == 6 and manifest["info"]["unit"] == "tokens"

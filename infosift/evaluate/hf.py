@@ -16,12 +16,19 @@ def pick_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_causal_lm(model_dir: str, device: str | None = None):
-    """(model in eval mode on device, tokenizer). float32 on CPU: bf16 matmuls are slow there."""
+def load_causal_lm(model_dir: str, device: str | None = None, dtype: torch.dtype | None = None):
+    """(model in eval mode on device, tokenizer), loaded through infosift.models.load_model_and_tokenizer.
+
+    ``dtype=None`` is the generation default: float32 on CPU (bf16 matmuls are slow there), bfloat16 on
+    CUDA (greedy decoding, lm-eval and the judge only need the argmax, and bf16 halves the memory).
+    Scoring must pass ``torch.float32``: a short fine-tune moves weights by ~1e-4, a fraction of bf16's
+    spacing, so bf16 rounds most of it away and shrinks the differences between fine-tunes.
+    """
     from infosift.models import load_model_and_tokenizer
 
     device = pick_device(device)
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype is None:
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
     return load_model_and_tokenizer(model_dir, device=device, dtype=dtype)
 
 

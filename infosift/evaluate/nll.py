@@ -4,10 +4,18 @@
 
 Token t is predicted by the logits at position t-1 (next-token shift), and only response
 tokens count: the prompt is given, not learned. Pooling over tokens (not a mean of per-example
-means) weights long answers by their length, exactly as the SFT loss does.
+means) weights long answers by their length, exactly as the SFT loss does. Per-example sums are
+returned too, so that two models can be compared example by example (paired intervals).
+
+Scoring is always float32 (weights, activations and matmuls): a short fine-tune at lr 2e-5 moves
+each weight by ~1e-4, below bf16's spacing for most weights and TF32's for many, so scoring in
+either rounds much of the fine-tune away and narrows the gap between different fine-tunes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +26,37 @@ from infosift.evaluate.hf import load_causal_lm
 from infosift.train import collate
 
 
-def response_nll_sum(logits: torch.Tensor, ids: torch.Tensor, resp: torch.Tensor) -> tuple[float, int]:
-    """Sum of -log p over response tokens, and their count. logits (B, T, V); ids, resp (B, T)."""
+def response_nll_rows(logits: torch.Tensor, ids: torch.Tensor, resp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: sum of -log p over response tokens (float64) and their count. logits (B, T, V); ids, resp (B, T)."""
     pred = logits[:, :-1].float()  # position t-1 predicts token t
     target = ids[:, 1:]
     mask = resp[:, 1:]  # a response token at t=0 has no context and is never scored
     nll = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
-    nll = nll.view_as(target)[mask]
-    return float(nll.double().sum()), int(mask.sum())
+    nll = nll.view_as(target).double() * mask
+    return nll.sum(dim=1), mask.sum(dim=1)
+
+
+@contextmanager
+def fp32_matmuls() -> Iterator[None]:
+    """Full-precision (IEEE) float32 matmuls on CUDA for the block, no TF32; the previous setting comes back.
+
+    Uses torch's fp32_precision API where it exists (torch >= 2.9: mixing it with the legacy flags makes
+    later reads of either raise), else the legacy allow_tf32 flags.
+    """
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        knobs = [(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision")]
+        off = "ieee"
+    else:
+        knobs = [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")]
+        off = False
+    saved = [getattr(obj, name) for obj, name in knobs]
+    try:
+        for obj, name in knobs:
+            setattr(obj, name, off)
+        yield
+    finally:
+        for (obj, name), value in zip(knobs, saved, strict=True):
+            setattr(obj, name, value)
 
 
 @torch.no_grad()
@@ -36,20 +67,36 @@ def heldout_nll(
     batch_size: int = 8,
     device: str | None = None,
 ) -> dict:
-    """Mean -log p per response token of `records` ({id, prompt, response, source}) under the model."""
+    """-log p of the response tokens of `records` ({id, prompt, response, source}), pooled and per example.
+
+    Returns {nll_per_token, n_examples, n_tokens, per_example}; per_example[i] = {id, nll_sum, n_tokens}
+    belongs to records[i] (n_tokens is 0 where truncation left no response token).
+    """
     if not records:
         raise ValueError("heldout_nll needs at least one record")
-    model, tokenizer = load_causal_lm(model_dir, device)
+    model, tokenizer = load_causal_lm(model_dir, device, dtype=torch.float32)
+    device_type = model.device.type
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in records]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
-    total, n_tokens = 0.0, 0
-    for start in tqdm(range(0, len(order), batch_size), desc="held-out NLL", leave=False):
-        batch = collate([encoded[i] for i in order[start : start + batch_size]], pad_id)
-        ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-        logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
-        s, n = response_nll_sum(logits, ids.to(model.device), resp.to(model.device))
-        total, n_tokens = total + s, n_tokens + n
+    sums, counts = [0.0] * len(records), [0] * len(records)
+    precision = fp32_matmuls() if device_type == "cuda" else nullcontext()
+    with precision, torch.autocast(device_type, enabled=False):  # also off if a caller autocasts around us
+        for start in tqdm(range(0, len(order), batch_size), desc="held-out NLL", leave=False):
+            rows = order[start : start + batch_size]
+            batch = collate([encoded[i] for i in rows], pad_id)
+            ids = batch["input_ids"].to(model.device)
+            attn, resp = batch["attention_mask"].to(model.device), batch["response_mask"].to(model.device)
+            s, n = response_nll_rows(model(input_ids=ids, attention_mask=attn).logits, ids, resp)
+            for i, si, ni in zip(rows, s.tolist(), n.tolist(), strict=True):
+                sums[i], counts[i] = si, int(ni)
+    n_tokens = sum(counts)
     if n_tokens == 0:
         raise ValueError("no response tokens to score (are responses empty or cut by max_length?)")
-    return {"nll_per_token": total / n_tokens, "n_examples": len(records), "n_tokens": n_tokens}
+    per_example = [{"id": r["id"], "nll_sum": s, "n_tokens": n} for r, s, n in zip(records, sums, counts, strict=True)]
+    return {
+        "nll_per_token": sum(sums) / n_tokens,
+        "n_examples": len(records),
+        "n_tokens": n_tokens,
+        "per_example": per_example,
+    }

@@ -39,6 +39,7 @@ def get_selector(name: str, **params) -> Selector:
 
 # Importing the modules registers them. Keep this list in sync with the files in this package.
 from infosift.select import density as _density  # noqa: E402,F401
+from infosift.select import dsir as _dsir  # noqa: E402,F401
 from infosift.select import fishersft as _fishersft  # noqa: E402,F401
 from infosift.select import gip as _gip  # noqa: E402,F401
 from infosift.select import random as _random  # noqa: E402,F401

@@ -3,7 +3,8 @@
 Reading chosen here: embed each sentence as its mean-pooled, L2-normalised vector e_i; its density is
 rho_i = 1 / (eps + mean Euclidean distance to its k nearest neighbours). ``mode="sample"`` (default)
 draws the budget without replacement with probability proportional to 1 / rho_i (seeded, Gumbel top-k);
-``mode="lowest"`` takes the budget lowest densities (ties: lowest index). Distances are computed in row
+``mode="lowest"`` takes the budget lowest densities (ties: lowest index). Either order fills a token
+budget (base.fill). Distances are computed in row
 chunks, so memory is O(chunk * N + N * k), never N x N.
 """
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from infosift.features import TokenFeatures
 from infosift.select import register
-from infosift.select.base import SelectionError, SelectionResult, check_budget
+from infosift.select.base import SelectionError, SelectionResult, budget_info, check_budget, fill, finite_or_error
 
 
 def normalized_embeddings(features: TokenFeatures) -> np.ndarray:
@@ -45,16 +46,19 @@ class DensitySampling:
             raise SelectionError(f"density mode must be 'sample' or 'lowest', got {mode!r}")
         self.k, self.mode, self.eps, self.chunk = k, mode, eps, chunk
 
-    def select(self, features: TokenFeatures, budget: int, seed: int = 0, targets=None, scores=None):
-        check_budget(features, budget)
-        try:
-            features.check_finite()
-        except ValueError as err:
-            raise SelectionError(str(err)) from None
+    deterministic = False  # mode="sample" draws with the seed (mode="lowest" ignores it)
+
+    def select(
+        self, features: TokenFeatures, budget: int, seed: int = 0, targets=None, scores=None, unit: str = "examples"
+    ) -> SelectionResult:
+        costs = check_budget(features, budget, unit)
+        finite_or_error(features)
         density = 1.0 / (self.eps + knn_mean_distance(normalized_embeddings(features), self.k, self.chunk))
         if self.mode == "lowest":
-            idx = np.lexsort((np.arange(len(density)), density))[:budget]
+            order = np.lexsort((np.arange(len(density)), density))
         else:  # Gumbel top-k == sequential sampling without replacement, p_i proportional to 1 / density_i
             keys = -np.log(density) + np.random.default_rng(seed).gumbel(size=len(density))
-            idx = np.argsort(-keys, kind="stable")[:budget]
-        return SelectionResult(indices=idx.astype(np.int64), gains=None, info={"density": density})
+            order = np.argsort(-keys, kind="stable")
+        idx = fill(order, costs, budget)
+        info = {**budget_info(costs, idx, budget, unit), "density": density}
+        return SelectionResult(indices=idx, gains=None, info=info)

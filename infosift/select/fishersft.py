@@ -5,6 +5,23 @@ Gain of sentence i: g_i = log det(I + X_i V^-1 X_i^T). f is monotone submodular,
 earlier is an upper bound on today's gain: lazy greedy keeps those stale gains in a max-heap, recomputes
 only the top few (together, as one batch), and accepts a sentence as soon as its fresh gain is at the
 top of the heap. Ties break on the lowest index, so the order equals the plain exact greedy's.
+
+Budgets. Under a token budget each sentence costs its fine-tune tokens c_i, and the set must fit
+sum c_i <= B: a knapsack. CELF (select/celf.py) runs the greedy twice, by gain and by gain / c_i (a
+stale ratio is still an upper bound, so both stay lazy), each passing over sentences that no longer
+fit, and keeps the higher log det. An example budget is the special case c_i = 1.
+
+Information weights (``weighting``; no paper has them). FisherSFT's design V = sum x x^T is the Fisher
+information of the LM head W (logits z = W x) only if every token's softmax covariance were the same.
+The head's log-likelihood gradient for a token with label y is (onehot(y) - p) x^T, so its Fisher
+information is E[(e e^T) (x) x x^T] with e = onehot(y) - p. Keeping FisherSFT's d x d design and taking
+the trace over the vocabulary axis gives one scalar weight per token, x -> w x:
+- ``uncertainty``: expected Fisher, E_y[e e^T] = diag(p) - p p^T, trace 1 - sum_k p_k^2 = 1 - p_sqnorm;
+  label-free: a token the model is sure of (p concentrated) carries little information.
+- ``error``: empirical Fisher at the actual next token y, ||p - onehot(y)||^2 = 1 - 2 p_y + sum_k p_k^2
+  = 1 - 2 p_next + p_sqnorm: a token the model already predicts right carries little.
+- ``none``: w = 1, the paper's objective (the default).
+p_next and p_sqnorm come from the base model's logits at embed time (TokenFeatures).
 """
 
 from __future__ import annotations
@@ -18,7 +35,8 @@ from threadpoolctl import threadpool_limits
 
 from infosift.features import TokenFeatures
 from infosift.select import register
-from infosift.select.base import SelectionError, SelectionResult, check_budget
+from infosift.select.base import SelectionError, SelectionResult, budget_info, check_budget, finite_or_error
+from infosift.select.celf import best_of_two
 from infosift.select.incremental import GreedyState, to_numpy
 from infosift.select.logdet import gains, padded
 
@@ -50,44 +68,55 @@ def first_gains(features: TokenFeatures, ridge: float, device: str, max_tokens: 
 
 def lazy_greedy(
     features: TokenFeatures,
+    costs: np.ndarray,
     budget: int,
+    ratio: bool = False,
     ridge: float = 1.0,
     batch: int = 16,
     refactor_every: int = 50,
     device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Exact greedy maximisation of log det(ridge*I + sum X_i^T X_i); returns (indices, gains, info)."""
+    """Exact lazy greedy on log det(ridge*I + sum X_i^T X_i) subject to sum c_i <= budget.
+
+    Heap keys are stale gains (or gain / cost when ``ratio``); a sentence that no longer fits what is
+    left is dropped for good (what is left only shrinks). Returns (indices, exact gains, info).
+    """
     if ridge <= 0:
         raise SelectionError(f"ridge must be > 0 (log det of a singular start is -inf), got {ridge}")
-    check_budget(features, budget)
-    try:
-        features.check_finite()
-    except ValueError as err:
-        raise SelectionError(str(err)) from None
     device = default_device(device)
+    price = costs.astype(np.float64) if ratio else np.ones(len(costs))
     # One BLAS thread on CPU: the greedy's many small float64 products only wait on a thread pool, and a
     # pool that shares its cores with other work (DVC stages, a second job) stalls even the big first pass.
     with threadpool_limits(limits=1 if device == "cpu" else None):
         t0 = time.perf_counter()
         g0 = first_gains(features, ridge, device)
         t_first = time.perf_counter() - t0
-        heap = [(-g, i) for i, g in enumerate(g0.tolist())]  # max-heap of (stale gain, index)
+        heap = [(-g / price[i], i) for i, g in enumerate(g0.tolist())]  # max-heap of (stale key, index)
         heapq.heapify(heap)
-        fresh_at = np.zeros(len(features), dtype=np.int64)  # step at which each heap gain was computed
+        fresh_at = np.zeros(len(features), dtype=np.int64)  # step at which each heap key was computed
         state = GreedyState(features, ridge, device, refactor_every)
-        chosen, chosen_gains = [], []
-        for step in range(budget):
-            while fresh_at[heap[0][1]] != step:  # top is stale: recompute it and the next few stale ones
+        chosen, chosen_gains, left, step = [], [], int(budget), 0
+        while heap:
+            top = heap[0][1]
+            if costs[top] > left:  # too long for what is left, now and later
+                heapq.heappop(heap)
+                continue
+            if fresh_at[top] != step:  # stale: recompute it and the next few stale ones that still fit
                 idx = []
                 while heap and len(idx) < batch and fresh_at[heap[0][1]] != step:
-                    idx.append(heapq.heappop(heap)[1])
-                idx = np.asarray(idx)
+                    i = heapq.heappop(heap)[1]
+                    if costs[i] <= left:
+                        idx.append(i)
+                idx = np.asarray(idx, dtype=np.int64)
                 fresh_at[idx] = step
                 for g, i in zip(state.gains(idx).tolist(), idx.tolist(), strict=True):
-                    heapq.heappush(heap, (-g, i))
-            _, best = heapq.heappop(heap)
-            chosen.append(best)
-            chosen_gains.append(state.add(best))
+                    heapq.heappush(heap, (-g / price[i], i))
+                continue
+            heapq.heappop(heap)
+            chosen.append(top)
+            chosen_gains.append(state.add(top))
+            left -= int(costs[top])
+            step += 1
     info = {
         "n_gain_evals": state.n_full + state.n_incremental,
         "n_incremental": state.n_incremental,
@@ -99,19 +128,76 @@ def lazy_greedy(
     return np.asarray(chosen, dtype=np.int64), np.asarray(chosen_gains), info
 
 
+def knapsack_greedy(
+    features: TokenFeatures, budget: int, unit: str = "examples", **greedy_params
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """CELF under the budget: the better of the plain-gain and the gain / cost lazy greedy."""
+    costs = check_budget(features, budget, unit)
+    finite_or_error(features)
+    idx, g, info = best_of_two(lambda ratio: lazy_greedy(features, costs, budget, ratio, **greedy_params), costs)
+    return idx, g, {**info, **budget_info(costs, idx, budget, unit)}
+
+
+def greedy_params(selector: object) -> dict:
+    """The lazy-greedy settings a FisherSFT-style selector was constructed with."""
+    return {k: getattr(selector, k) for k in ("ridge", "batch", "refactor_every", "device")}
+
+
+WEIGHTINGS = ("none", "uncertainty", "error")
+
+
+def information_weights(features: TokenFeatures, weighting: str) -> np.ndarray | None:
+    """(total_tokens,) float32 w per token row (see the module docstring), or None for ``none``."""
+    if weighting not in WEIGHTINGS:
+        raise SelectionError(f"fishersft weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    if weighting == "none":
+        return None
+    if features.p_next is None or features.p_sqnorm is None:
+        raise SelectionError(
+            f"weighting={weighting!r} needs p_next and p_sqnorm from embed; these features have none (re-run embed)"
+        )
+    sq = np.asarray(features.p_sqnorm, dtype=np.float64)
+    w2 = 1.0 - sq if weighting == "uncertainty" else 1.0 - 2.0 * np.asarray(features.p_next, dtype=np.float64) + sq
+    if not np.isfinite(w2).all():
+        raise SelectionError("p_next / p_sqnorm contain NaN or Inf")
+    return np.sqrt(np.clip(w2, 0.0, None)).astype(np.float32)  # clip: round-off may dip below 0
+
+
+def reweighted(features: TokenFeatures, weighting: str) -> TokenFeatures:
+    """The same sentences with each token row x_ij scaled by its information weight w_ij."""
+    w = information_weights(features, weighting)
+    if w is None:
+        return features
+    return features.with_values(np.asarray(features.values, dtype=np.float32) * w[:, None])
+
+
 @register("fishersft")
 class FisherSFT:
-    """Greedy D-optimal sentence selection on token embeddings (budget = N returns all, in greedy order)."""
+    """Greedy D-optimal sentence selection on (optionally information-weighted) token embeddings.
+
+    Deterministic: the seed is not used. An example budget = N returns all, in greedy order.
+    """
+
+    deterministic = True
 
     def __init__(
         self,
         ridge: float = 1.0,
+        weighting: str = "none",
         batch: int = 16,
         refactor_every: int = 50,
         device: str | None = None,
     ) -> None:
-        self.ridge, self.batch, self.refactor_every, self.device = ridge, batch, refactor_every, device
+        if weighting not in WEIGHTINGS:
+            raise SelectionError(f"fishersft weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+        self.ridge, self.weighting = ridge, weighting
+        self.batch, self.refactor_every, self.device = batch, refactor_every, device
 
-    def select(self, features: TokenFeatures, budget: int, seed: int = 0, targets=None, scores=None):
-        idx, g, info = lazy_greedy(features, budget, self.ridge, self.batch, self.refactor_every, self.device)
-        return SelectionResult(indices=idx, gains=g, info=info)
+    def select(
+        self, features: TokenFeatures, budget: int, seed: int = 0, targets=None, scores=None, unit: str = "examples"
+    ) -> SelectionResult:
+        check_budget(features, budget, unit)
+        finite_or_error(features)
+        feats = reweighted(features, self.weighting)
+        idx, g, info = knapsack_greedy(feats, budget, unit, **greedy_params(self))
+        return SelectionResult(indices=idx, gains=g, info={**info, "weighting": self.weighting})

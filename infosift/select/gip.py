@@ -16,6 +16,10 @@ and after choosing j every candidate's l_i, ν_i, ρ_i gets one rank-one update:
 u_i = (G_ij − l_iᵀ l_j)/√ν_j,  ν_i −= u_i²,  ρ_i −= u_i ρ_j/√ν_j.  A step costs O(m·(k + |S|)) once
 the Gram column G_:,j is at hand; nothing is ever re-solved.
 
+Budgets: under a token budget (sum of the chosen examples' fine-tune tokens c_i <= B) each step takes
+the best gain (or gain / c_i) among the examples that still fit, and CELF (select/celf.py) keeps the
+better of the two runs. An example budget is c_i = 1.
+
 Memory: the m×m Gram (8·m² bytes: 450 MB at m = 7473) is precomputed while it fits in
 ``max_gram_bytes``; above that each step computes its one column F F_jᵀ in O(m·d) instead (the
 total O(n·m·d) is then still below the O(m²·d) precompute). The Cholesky rows take 8·m·n bytes.
@@ -36,7 +40,8 @@ import numpy as np
 
 from infosift.features import TokenFeatures
 from infosift.select import register
-from infosift.select.base import SelectionError, SelectionResult, check_budget
+from infosift.select.base import SelectionError, SelectionResult, budget_info, check_budget
+from infosift.select.celf import best_of_two
 
 
 def sentence_embeddings(features: TokenFeatures, normalize: bool = False) -> np.ndarray:
@@ -70,35 +75,58 @@ def trace_objective(emb: np.ndarray, queries: np.ndarray, chosen: np.ndarray, ri
     return float(np.sum(cs * np.linalg.solve(fs @ fs.T + ridge * np.eye(len(fs)), cs)))
 
 
+def max_picks(costs: np.ndarray, budget: int) -> int:
+    """The most examples any set within the budget can hold (the cheapest ones first)."""
+    return int(np.searchsorted(np.cumsum(np.sort(costs)), budget, side="right"))
+
+
 def greedy_projection(
-    emb: np.ndarray, queries: np.ndarray, budget: int, ridge: float, max_gram_bytes: float = 2**31
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy matching pursuit on f(S); returns (indices in order chosen, exact marginal gains)."""
+    emb: np.ndarray,
+    queries: np.ndarray,
+    budget: int,
+    ridge: float,
+    max_gram_bytes: float = 2**31,
+    costs: np.ndarray | None = None,
+    ratio: bool = False,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Greedy matching pursuit on f(S) under sum c_i <= budget; returns (indices in order, exact gains, info).
+
+    ``costs=None`` means one unit per example (then ``budget`` counts examples).
+    """
     m = len(emb)
+    costs = np.ones(m, dtype=np.int64) if costs is None else np.asarray(costs, dtype=np.int64)
+    price = costs.astype(np.float64) if ratio else np.ones(m)
     gram = emb @ emb.T if 8.0 * m * m <= max_gram_bytes else None
     diag = np.einsum("ij,ij->i", emb, emb)
     rho = emb @ queries.T  # ρ_i = C_i while S is empty
     nu = diag + ridge  # ν_i = G_ii + λ
-    chol = np.zeros((m, budget))  # row i holds l_i = L⁻¹ G_S,i
+    n_max = max_picks(costs, budget)
+    chol = np.zeros((m, n_max))  # row i holds l_i = L⁻¹ G_S,i
     taken = np.zeros(m, dtype=bool)
-    indices, gains = np.empty(budget, dtype=np.int64), np.empty(budget)
-    for t in range(budget):
-        gain = np.einsum("ij,ij->i", rho, rho) / nu
-        gain[taken] = -np.inf
-        j = int(np.argmax(gain))
-        indices[t], gains[t], taken[j] = j, gain[j], True
+    indices, gains, left = [], [], int(budget)
+    for t in range(n_max):
+        key = np.einsum("ij,ij->i", rho, rho) / nu / price
+        key[taken | (costs > left)] = -np.inf
+        j = int(np.argmax(key))
+        if key[j] == -np.inf:  # nothing unchosen fits any more
+            break
+        indices.append(j)
+        gains.append(float(rho[j] @ rho[j] / nu[j]))
+        taken[j], left = True, left - int(costs[j])
         g_j = gram[:, j] if gram is not None else emb @ emb[j]
         root = np.sqrt(nu[j])
         u = (g_j - chol[:, :t] @ chol[j, :t]) / root
         chol[:, t] = u
         rho -= np.outer(u, rho[j] / root)
         nu = np.maximum(nu - u * u, ridge)  # a Schur complement of (G + λI) is >= λ; clip round-off
-    return indices, gains
+    return np.asarray(indices, dtype=np.int64), np.asarray(gains), {}
 
 
 @register("gip")
 class GIPSelector:
     """Greedy information projection; ``ridge`` > 0 is the λ of P_S (it also keeps ν_i >= λ > 0)."""
+
+    deterministic = True
 
     def __init__(self, ridge: float = 1.0, normalize: bool = False, max_gram_bytes: float = 2**31):
         if not ridge > 0:
@@ -112,8 +140,9 @@ class GIPSelector:
         seed: int = 0,
         targets: TokenFeatures | None = None,
         scores: np.ndarray | None = None,
+        unit: str = "examples",
     ) -> SelectionResult:
-        check_budget(features, budget)
+        costs = check_budget(features, budget, unit)
         if (targets is None) == (scores is None):
             raise SelectionError("gip needs exactly one query signal: targets=TokenFeatures or scores=array")
         emb = sentence_embeddings(features, self.normalize)
@@ -123,6 +152,15 @@ class GIPSelector:
             queries, query = sentence_embeddings(targets, self.normalize), "targets"
         else:
             queries, query = score_queries(emb, scores), "scores"
-        indices, gains = greedy_projection(emb, queries, budget, self.ridge, self.max_gram_bytes)
-        info = {"query": query, "n_queries": int(len(queries)), "ridge": self.ridge, "objective": float(gains.sum())}
+        indices, gains, info = best_of_two(
+            lambda ratio: greedy_projection(emb, queries, budget, self.ridge, self.max_gram_bytes, costs, ratio), costs
+        )
+        info = {
+            **info,
+            **budget_info(costs, indices, budget, unit),
+            "query": query,
+            "n_queries": int(len(queries)),
+            "ridge": self.ridge,
+            "objective": float(gains.sum()),
+        }
         return SelectionResult(indices=indices, gains=gains, info=info)

@@ -11,26 +11,32 @@ import numpy as np
 
 from infosift.features import TokenFeatures
 from infosift.select import register
-from infosift.select.base import SelectionError, SelectionResult
-from infosift.select.fishersft import lazy_greedy
+from infosift.select.base import SelectionResult, check_budget, finite_or_error
+from infosift.select.fishersft import greedy_params, knapsack_greedy
 
 
 def pooled_features(features: TokenFeatures) -> TokenFeatures:
-    """One 'token' per sentence: its mean-pooled embedding (an empty sentence pools to zeros)."""
-    try:
-        features.check_finite()
-    except ValueError as err:
-        raise SelectionError(str(err)) from None
+    """One 'token' per sentence: its mean-pooled embedding (an empty sentence pools to zeros).
+
+    The pooled sentence keeps the original's fine-tune cost, so token budgets price it the same.
+    """
+    finite_or_error(features)
     pooled = features.mean_pooled().astype(np.float64)
-    return TokenFeatures(pooled, np.arange(len(features) + 1, dtype=np.int64), list(features.ids))
+    ones = np.arange(len(features) + 1, dtype=np.int64)
+    return TokenFeatures(pooled, ones, list(features.ids), costs=features.token_costs)
 
 
 @register("sentence_od")
 class SentenceOD:
+    deterministic = True
+
     def __init__(self, ridge: float = 1.0, batch: int = 16, refactor_every: int = 50, device: str | None = None):
         self.ridge, self.batch, self.refactor_every, self.device = ridge, batch, refactor_every, device
 
-    def select(self, features: TokenFeatures, budget: int, seed: int = 0, targets=None, scores=None):
+    def select(
+        self, features: TokenFeatures, budget: int, seed: int = 0, targets=None, scores=None, unit: str = "examples"
+    ) -> SelectionResult:
+        check_budget(features, budget, unit)
         pooled = pooled_features(features)
-        idx, g, info = lazy_greedy(pooled, budget, self.ridge, self.batch, self.refactor_every, self.device)
+        idx, g, info = knapsack_greedy(pooled, budget, unit, **greedy_params(self))
         return SelectionResult(indices=idx, gains=g, info=info)

@@ -1,0 +1,87 @@
+"""The evidence run: the pipeline under the evidence profile, once per pool, as DVC experiments.
+
+    python -m flows.evidence                       # both pools (clean, contaminated), CPU profile
+    python -m flows.evidence --pools clean         # one pool
+    python -m flows.evidence --profile gpu         # the larger GPU profile on top
+
+Each pool is one `dvc exp run compare -S key=value ...` (params.evidence.yaml: shared overrides plus the
+pool's own), so DVC caches every stage by content: a killed run resumes from the last finished stage,
+and the two pools share nothing but the download of the source files. After each pool the evidence
+(results/compare/evidence.md, evidence.csv, nll_vs_tokens.png, table.md) is copied to
+results/evidence/<pool>/ and the wall time is recorded; `dvc exp show` lists the experiments.
+The workspace is left at the last experiment; `git checkout params.yaml && dvc checkout` goes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILE = ROOT / "params.evidence.yaml"
+OUT = ROOT / "results" / "evidence"
+COPIED = ("evidence.md", "evidence.csv", "nll_vs_tokens.png", "table.md")
+
+
+def overrides(profile: dict, pool: str, gpu: bool) -> dict:
+    """The flat key -> value overrides for one pool."""
+    if pool not in profile.get("pools", {}):
+        raise SystemExit(f"error: {PROFILE.name}: unknown pool {pool!r}; known: {sorted(profile.get('pools', {}))}")
+    flat = dict(profile.get("overrides", {}))
+    if gpu:
+        flat.update(profile.get("gpu", {}))
+    flat.update(profile["pools"][pool])
+    return flat
+
+
+def set_args(flat: dict) -> list[str]:
+    """`-S key=value` arguments; values in YAML flow style so lists and nulls survive."""
+    args = []
+    for key, value in flat.items():
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        args += ["-S", f"{key}={text}"]
+    return args
+
+
+def run_pool(profile: dict, pool: str, gpu: bool) -> float:
+    """Run one pool's experiment to the end and collect its evidence; return the wall time in seconds."""
+    name = f"evidence-{pool}" + ("-gpu" if gpu else "")
+    cmd = ["dvc", "exp", "run", "compare", "--name", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    cmd += set_args(overrides(profile, pool, gpu))
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"error: the {pool} pool's experiment failed (see the dvc output above); rerun to resume")
+    seconds = time.perf_counter() - t0
+    dest = OUT / (pool + ("-gpu" if gpu else ""))
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in COPIED:
+        if (ROOT / "results/compare" / f).exists():
+            shutil.copy(ROOT / "results/compare" / f, dest / f)
+    (dest / "run.json").write_text(
+        json.dumps({"pool": pool, "wall_seconds": round(seconds, 1), "command": cmd}, indent=1) + "\n"
+    )
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pools", nargs="+", default=["clean", "contaminated"])
+    parser.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    args = parser.parse_args(argv)
+    profile = yaml.safe_load(PROFILE.read_text())
+    for pool in args.pools:
+        seconds = run_pool(profile, pool, args.profile == "gpu")
+        print(f"evidence: {pool} pool finished in {seconds / 60:.1f} min -> {OUT / pool}/evidence.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
