@@ -20,8 +20,20 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-STAGES = ["download", "embed", "select", "finetune", "evaluate_base", "evaluate", "sketch", "synthetic", "compare"]
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def dvc_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+    """The stage names in dvc.yaml, in the order written there (producers before consumers).
+
+    dvc.yaml is the one description of the pipeline's shape; the flow keeps no list of its own.
+    """
+    import yaml
+
+    return list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
+
+
+STAGES = dvc_stages()
 
 
 @task(retries=2, retry_delay_seconds=30, cache_policy=NONE, task_run_name="dvc repro {stage}")
@@ -43,7 +55,7 @@ def dvc_repro(stage: str, force: bool = False) -> None:
 
 @flow(name="infosift-pipeline", log_prints=True)
 def pipeline(stages: list[str] | None = None, force: bool = False) -> None:
-    """download -> embed -> select -> finetune -> evaluate -> compare, each through DVC."""
+    """Every stage of dvc.yaml in its order (download -> embed -> select -> ... -> compare), each through DVC."""
     for stage in stages or STAGES:
         dvc_repro(stage, force=force)
 

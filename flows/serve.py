@@ -26,7 +26,7 @@ def deployment(name: str = "nightly", cron: str = "0 3 * * *", stages: list[str]
         cron=cron,
         parameters={"stages": stages or STAGES, "force": force},
         concurrency_limit=1,
-        description="download -> embed -> select -> finetune -> evaluate -> compare, each through dvc repro",
+        description=" -> ".join(STAGES) + ", each through dvc repro",
         tags=["infosift"],
     )
 

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from infosift.errors import DataError
+
 SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +69,11 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         for i, row in enumerate(rows, start=1):
             yield i, _as_object(row, path, i)
         return
+    if raw.lstrip()[:1] == b"[":
+        raise DataError(
+            f"{path}:1: this is a JSON array, but JSONL expects one JSON object per line "
+            "(rename it to .json, or write one object per line)"
+        )
     n = 0
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():

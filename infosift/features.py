@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from infosift.errors import FeaturesError
+
 VALUES, OFFSETS, IDS = "values.npy", "offsets.npy", "ids.json"
 COSTS, P_NEXT, P_SQNORM = "costs.npy", "p_next.npy", "p_sqnorm.npy"
 
@@ -130,10 +132,21 @@ class TokenFeatures:
         """Read a directory written by save(); ``mmap=True`` maps values instead of reading them."""
         src = Path(path)
         if not (src / VALUES).exists():
-            raise FileNotFoundError(f"{src} is not a TokenFeatures directory (no {VALUES})")
+            raise FeaturesError(f"{src} is not a TokenFeatures directory (no {VALUES}); run embed")
+        try:
+            return cls._load(src, mmap)
+        except (OSError, ValueError, EOFError) as e:  # truncated .npy, bad JSON, offsets that disagree
+            raise FeaturesError(
+                f"{src}: unreadable or inconsistent token features ({' '.join(str(e).split())}); rerun embed"
+            ) from None
+
+    @classmethod
+    def _load(cls, src: Path, mmap: bool) -> TokenFeatures:
         values = np.load(src / VALUES, mmap_mode="r" if mmap else None, allow_pickle=False)
         offsets = np.load(src / OFFSETS, allow_pickle=False)
         ids = json.loads((src / IDS).read_text())
+        if not isinstance(ids, list):
+            raise ValueError(f"{IDS} must hold a JSON list of ids")
 
         def optional(name: str, mode: str | None) -> np.ndarray | None:
             return np.load(src / name, mmap_mode=mode, allow_pickle=False) if (src / name).exists() else None

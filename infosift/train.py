@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,6 @@ class TrainConfig:
     seed: int = 0
     lora: dict | None = None  # e.g. {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
     max_grad_norm: float = 1.0
-    extra: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:

@@ -27,7 +27,14 @@ def params(section: str | None = None, path: str = "params.yaml") -> dict:
     p = Path(path)
     if not p.exists():
         raise StageError(f"{path} not found (run stages from the repository root)")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        raise StageError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise StageError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     if section is None:
         return data
     if section not in data:
@@ -75,12 +82,73 @@ def _remove(path: Path) -> None:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """Call main(argv); known user errors end as a single 'error: ...' line and exit code 1."""
-    from infosift.data import DataError
-    from infosift.select.base import SelectionError
+    """Call main(argv); bad input ends as a single 'error: ...' line and exit code 1.
+
+    Caught: the library's InfosiftError family, StageError, missing or unreadable files (OSError), and
+    ValueErrors from reading corrupted inputs (a truncated .npy, offsets that disagree with values).
+    A stage writes through atomic_output, so nothing finished-looking is left behind.
+    """
+    from infosift.errors import InfosiftError
 
     try:
         main(sys.argv[1:])
-    except (StageError, DataError, SelectionError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (StageError, InfosiftError, OSError, ValueError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(1)
+    except KeyError as e:
+        print(f"error: missing parameter or field {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _one_line(e: BaseException) -> str:
+    """The exception's message on one line (filename first for OSErrors that carry one)."""
+    if isinstance(e, OSError) and getattr(e, "filename", None) and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def check_param(
+    value: object,
+    name: str,
+    kind: type,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple | list | None = None,
+    allow_none: bool = False,
+) -> object:
+    """``value`` of params.yaml's ``name`` (dotted) if it has the right type and range, else a StageError.
+
+    Checked when a stage starts, so a mistyped parameter ends in one line naming it, not a traceback later.
+    """
+    where = f"params.yaml {name}"
+    if value is None:
+        if allow_none:
+            return None
+        raise StageError(f"{where}: required, got nothing")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise StageError(f"{where}: must be a whole number, got {value!r}")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise StageError(f"{where}: must be a number, got {value!r}")
+        value = float(value)
+    if kind in (str, list, dict, bool) and not isinstance(value, kind):
+        raise StageError(f"{where}: must be a {kind.__name__}, got {value!r}")
+    if low is not None and value < low:  # type: ignore[operator]
+        raise StageError(f"{where}: must be >= {low}, got {value!r}")
+    if high is not None and value > high:  # type: ignore[operator]
+        raise StageError(f"{where}: must be <= {high}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise StageError(f"{where}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def check_keys(section: dict, name: str, known: set[str] | list[str]) -> None:
+    """An unknown key in a params section is a typo until proven otherwise: name it and the known ones."""
+    if not isinstance(section, dict):
+        raise StageError(f"params.yaml {name}: must be a mapping, got {section!r}")
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise StageError(f"params.yaml {name}.{unknown[0]}: unknown parameter; known: {', '.join(sorted(known))}")

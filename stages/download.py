@@ -13,7 +13,7 @@ import json
 from infosift.contaminate import contaminate
 from infosift.data import dataset_spec, load_file, locate, subsample, write_jsonl
 from infosift.manifest import file_sha256
-from stages._common import StageError, atomic_output, params, run
+from stages._common import StageError, atomic_output, check_keys, check_param, params, run
 
 OUT = "data/download"
 CONTAMINATE_KEYS = ("share", "seed", "modes")
@@ -44,8 +44,36 @@ def contaminate_pool(pool: list[dict], option: dict | None, seed: int, clean_ids
     return pool, report
 
 
-def main(argv: list[str]) -> None:
+KNOWN = {
+    "dataset",
+    "mirror_dir",
+    "hub_cache",
+    "pool_size",
+    "target_size",
+    "test_size",
+    "seed",
+    "contaminate",
+    "train_split",
+    "test_split",
+}
+
+
+def checked_params() -> dict:
+    """download's params, each checked for type and range before anything is read."""
     p = params("download")
+    check_keys(p, "download", KNOWN)
+    check_param(p.get("dataset"), "download.dataset", str)
+    check_param(p.get("hub_cache", ".cache/datasets"), "download.hub_cache", str)
+    check_param(p.get("mirror_dir"), "download.mirror_dir", str, allow_none=True)
+    check_param(p.get("pool_size"), "download.pool_size", int, low=1, allow_none=True)
+    check_param(p.get("target_size", 0), "download.target_size", int, low=0)
+    check_param(p.get("test_size"), "download.test_size", int, low=1, allow_none=True)
+    check_param(p.get("seed", 0), "download.seed", int, low=0)
+    return {"hub_cache": ".cache/datasets", "seed": 0, **p}
+
+
+def main(argv: list[str]) -> None:
+    p = checked_params()
     spec = dataset_spec(p["dataset"])
     train_path = locate(spec.name, p.get("train_split", "train"), p.get("mirror_dir"), p["hub_cache"])
     test_path = locate(spec.name, p.get("test_split", "test"), p.get("mirror_dir"), p["hub_cache"])

@@ -11,12 +11,18 @@ import numpy as np
 from infosift.data import read_records
 from infosift.embed import embed_records
 from infosift.features import TokenFeatures
-from stages._common import atomic_output, params, run
+from stages._common import atomic_output, check_keys, check_param, params, run
 from stages.model import base_model_dir
 
 
 def main(argv: list[str]) -> None:
     p = params("embed")
+    check_keys(p, "embed", {"part", "max_length", "batch_tokens", "shard_size", "dtype", "device"})
+    check_param(p.get("part", "response"), "embed.part", str, choices=("response", "prompt", "all"))
+    check_param(p.get("max_length", 512), "embed.max_length", int, low=8)
+    check_param(p.get("batch_tokens", 8192), "embed.batch_tokens", int, low=1)
+    check_param(p.get("shard_size", 256), "embed.shard_size", int, low=1)
+    check_param(p.get("dtype", "float16"), "embed.dtype", str, choices=("float16", "float32"))
     model_dir, trust = base_model_dir()
     dim = None
     for name in ("pool", "target"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from infosift.data import read_records
 from infosift.evaluate import gsm8k_lm_eval, heldout_nll, mt_bench_judged
-from stages._common import StageError, atomic_output, params, run
+from stages._common import StageError, atomic_output, check_keys, check_param, params, run
 from stages.model import base_model_dir
 
 
@@ -22,6 +22,15 @@ def main(argv: list[str]) -> None:
         raise StageError("usage: python -m stages.evaluate NAME   (NAME = base or <variant>-<budget>-<loss>)")
     name = argv[0]
     p = params("evaluate")
+    check_keys(p, "evaluate", {"n_test", "max_length", "batch_size", "gsm8k", "mt_bench", "device"})
+    check_param(p.get("n_test"), "evaluate.n_test", int, low=1, allow_none=True)
+    check_param(p.get("max_length", 512), "evaluate.max_length", int, low=8)
+    check_param(p.get("batch_size", 8), "evaluate.batch_size", int, low=1)
+    for suite in ("gsm8k", "mt_bench"):
+        cfg = check_param(p.get(suite) or {}, f"evaluate.{suite}", dict)
+        check_param(cfg.get("limit", 0), f"evaluate.{suite}.limit", int, low=0)
+    mt = p.get("mt_bench") or {}
+    check_param(mt.get("judge", "overlap"), "evaluate.mt_bench.judge", str, choices=("overlap", "local"))
     model_dir = base_model_dir()[0] if name == "base" else Path("models") / name
     if not (Path(model_dir) / "config.json").exists():
         raise StageError(f"no model at {model_dir}; run its finetune stage first")

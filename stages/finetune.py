@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from infosift.data import read_records
 from infosift.manifest import content_hash, verify_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
 from infosift.train import TrainConfig, finetune
-from stages._common import StageError, atomic_output, params, run, variant_name, whole_number
+from stages._common import (
+    StageError,
+    atomic_output,
+    check_keys,
+    check_param,
+    params,
+    run,
+    variant_name,
+    whole_number,
+)
 from stages.model import base_model_dir
 
 LOSSES = ("nll", "dft", "infosift")
@@ -29,13 +39,37 @@ def chosen_records(manifest: dict, pool: list[dict]) -> list[dict]:
     return [by_id[i] for i in manifest["ids"]]
 
 
+def checked_train_params(ft: dict) -> dict:
+    """finetune.train, each value checked (type, range, known name) before a model is loaded."""
+    train = ft.get("train") or {}
+    known = {f.name for f in fields(TrainConfig)} - {"loss_type", "seed"} | {"device"}
+    check_keys(train, "finetune.train", known)
+    for key, kind, low, high in (
+        ("lr", float, 0.0, None),
+        ("epochs", int, 1, None),
+        ("batch_size", int, 1, None),
+        ("grad_accum", int, 1, None),
+        ("max_length", int, 8, None),
+        ("warmup_ratio", float, 0.0, 1.0),
+        ("weight_decay", float, 0.0, None),
+        ("infosft_p", float, 0.0, 1.0),
+        ("max_grad_norm", float, 0.0, None),
+    ):
+        if key in train:
+            train[key] = check_param(train[key], f"finetune.train.{key}", kind, low=low, high=high)
+    if train.get("lr", 1.0) == 0:
+        raise StageError("params.yaml finetune.train.lr: must be > 0, got 0")
+    check_param(train.get("lora"), "finetune.train.lora", dict, allow_none=True)
+    return dict(train)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 4:
         raise StageError("usage: python -m stages.finetune VARIANT BUDGET SEED LOSS")
     variant, budget, seed, loss = argv[0], whole_number(argv[1], "budget"), whole_number(argv[2], "seed"), argv[3]
     if loss not in LOSSES:
         raise StageError(f"unknown loss_type {loss!r}; use one of {', '.join(LOSSES)}")
-    p = dict(params("finetune")["train"])
+    p = checked_train_params(params("finetune"))
     p["seed"] = seed
     manifest_path = Path("results/select") / variant_name(variant, budget) / f"seed-{seed}" / "manifest.json"
     if not manifest_path.exists():

@@ -21,7 +21,8 @@ from infosift.data import read_records
 from infosift.features import TokenFeatures
 from infosift.manifest import build_manifest, path_sha256
 from infosift.select import get_selector
-from stages._common import StageError, atomic_output, params, run, variant_name, whole_number
+from infosift.select.base import UNITS
+from stages._common import StageError, atomic_output, check_param, params, run, variant_name, whole_number
 
 FEATURES = Path("data/features")
 DOWNLOAD = Path("data/download")
@@ -98,14 +99,20 @@ def main(argv: list[str]) -> None:
         raise StageError("usage: python -m stages.select VARIANT BUDGET")
     name, budget = argv[0], whole_number(argv[1], "budget")
     p = params("select")
-    unit = p.get("budget_unit", "examples")
-    seeds = [int(s) for s in p.get("seeds", [0])]
+    unit = check_param(p.get("budget_unit", "examples"), "select.budget_unit", str, choices=UNITS)
+    seeds = check_param(p.get("seeds", [0]), "select.seeds", list)
     if not seeds:
-        raise StageError("select.seeds is empty: give at least one seed, e.g. [0]")
+        raise StageError("params.yaml select.seeds: empty; give at least one seed, e.g. [0]")
+    for i, s in enumerate(seeds):
+        check_param(s, f"select.seeds[{i}]", int, low=0)
     selector_name, sel_params, query = variant_config(name, p)
     query_cfg = {k: sel_params.pop(k) for k in ("scores_file", "attribute_weights") if k in sel_params}
     selector = get_selector(selector_name, **sel_params)
     features = TokenFeatures.load(FEATURES / "pool", mmap=True)
+    try:  # corrupted features are an error for every selector, also those that never read the values
+        features.check_finite()
+    except ValueError as e:
+        raise StageError(f"{FEATURES / 'pool'}: {e}; rerun embed") from None
     extra, input_hashes = query_inputs(query, query_cfg, features.ids)
     deterministic = bool(getattr(selector, "deterministic", False))
 

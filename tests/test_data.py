@@ -56,7 +56,8 @@ def test_parquet(tmp_path):
         (b'{"question": "q", "answer": "a"}\n{"question": "\xff\xfe", "answer": "a"}\n', r"m\.jsonl:2: not UTF-8"),
         (b"", r"m\.jsonl: file is empty"),
         (b"\n\n", r"m\.jsonl: no records"),
-        (b'["not", "an object"]\n', r"m\.jsonl:1: expected a JSON object"),
+        (b'["not", "an object"]\n', r"m\.jsonl:1: this is a JSON array, but JSONL expects one JSON object per line"),
+        (b'{"question": "q", "answer": "a"}\n"just a string"\n', r"m\.jsonl:2: expected a JSON object, got str"),
         (b'{"question": "", "answer": "a"}\n', r"m\.jsonl:1: field 'question' must be a non-empty string"),
     ],
 )

@@ -102,3 +102,136 @@ def test_download_ok_then_select_errors(tmp_path):
     assert ok.returncode == 0, ok.stderr
     manifest = json.loads((cwd / "results/select/random-7/seed-0/manifest.json").read_text())
     assert len(manifest["ids"]) == 2 and manifest["info"]["train_tokens"] == 6 and manifest["info"]["unit"] == "tokens"
+
+
+def write_params(cwd: Path, params: dict) -> None:
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "params.yaml download.pool_size: must be >= 1, got 0"),
+        (-3, "params.yaml download.pool_size: must be >= 1, got -3"),
+        ("many", "params.yaml download.pool_size: must be a whole number, got 'many'"),
+        (2.5, "params.yaml download.pool_size: must be a whole number, got 2.5"),
+    ],
+)
+def test_download_rejects_bad_pool_size(tmp_path, value, message):
+    cwd = setup_download(tmp_path, GOOD.encode())
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["download"]["pool_size"] = value
+    write_params(cwd, params)
+    assert_one_error_line(run_stage(cwd, "stages.download"), message)
+    assert not (cwd / "data" / "download").exists()
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    cwd = setup_download(tmp_path, GOOD.encode())
+    (cwd / "params.yaml").write_text("download:\n  dataset: gsm8k\n  pool_size: [1, 2\n")
+    assert_one_error_line(run_stage(cwd, "stages.download"), "params.yaml:")
+    assert "not valid YAML" in run_stage(cwd, "stages.download").stderr
+
+
+def test_unknown_download_key_is_named(tmp_path):
+    cwd = setup_download(tmp_path, GOOD.encode())
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["download"]["pool_sise"] = 5
+    write_params(cwd, params)
+    assert_one_error_line(run_stage(cwd, "stages.download"), "download.pool_sise: unknown parameter")
+
+
+def test_json_array_where_jsonl_is_expected(tmp_path):
+    cwd = setup_download(tmp_path, b"[" + GOOD.strip().encode() + b"]\n")
+    assert_one_error_line(run_stage(cwd, "stages.download"), "this is a JSON array, but JSONL expects")
+
+
+def select_workspace(tmp_path: Path, feats: TokenFeatures) -> Path:
+    cwd = setup_download(tmp_path, GOOD.encode())
+    assert run_stage(cwd, "stages.download").returncode == 0
+    feats.save(cwd / "data/features/pool")
+    params = {"select": {"seeds": [0], "budget_unit": "examples", "variants": {"random": {"selector": "random"}}}}
+    write_params(cwd, params)
+    return cwd
+
+
+def small_features(n: int = 5) -> TokenFeatures:
+    rng = np.random.default_rng(0)
+    return TokenFeatures.from_list([rng.normal(size=(3, 4)).astype(np.float16) for _ in range(n)])
+
+
+def test_truncated_values_file(tmp_path):
+    cwd = select_workspace(tmp_path, small_features())
+    values = cwd / "data/features/pool/values.npy"
+    values.write_bytes(values.read_bytes()[:-10])
+    assert_one_error_line(run_stage(cwd, "stages.select", "random", "2"), "unreadable or inconsistent token features")
+    assert not (cwd / "results").exists()
+
+
+def test_offsets_that_disagree_with_values(tmp_path):
+    cwd = select_workspace(tmp_path, small_features())
+    np.save(cwd / "data/features/pool/offsets.npy", np.array([0, 3, 6, 9, 12, 99]))
+    assert_one_error_line(run_stage(cwd, "stages.select", "random", "2"), "offsets must start at 0 and end at")
+
+
+def test_ids_that_disagree_with_offsets(tmp_path):
+    cwd = select_workspace(tmp_path, small_features())
+    (cwd / "data/features/pool/ids.json").write_text(json.dumps(["a", "b"]))
+    assert_one_error_line(run_stage(cwd, "stages.select", "random", "2"), "offsets must have N+1=3 entries")
+
+
+def test_nan_features_fail_even_for_random(tmp_path):
+    feats = small_features()
+    feats.values[4, 1] = np.nan
+    cwd = select_workspace(tmp_path, feats)
+    assert_one_error_line(run_stage(cwd, "stages.select", "random", "2"), "contain NaN or Inf; rerun embed")
+
+
+@pytest.mark.parametrize(
+    ("seeds", "unit", "message"),
+    [
+        ([], "examples", "select.seeds: empty"),
+        (["a"], "examples", "select.seeds[0]: must be a whole number"),
+        ([0], "bytes", "select.budget_unit: must be one of examples, tokens"),
+    ],
+)
+def test_select_rejects_bad_params(tmp_path, seeds, unit, message):
+    cwd = select_workspace(tmp_path, small_features())
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["select"].update({"seeds": seeds, "budget_unit": unit})
+    write_params(cwd, params)
+    assert_one_error_line(run_stage(cwd, "stages.select", "random", "2"), message)
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"lr": "fast"}, "finetune.train.lr: must be a number, got 'fast'"),
+        ({"lr": 0}, "finetune.train.lr: must be > 0"),
+        ({"epochs": 0}, "finetune.train.epochs: must be >= 1"),
+        ({"warmup_ratio": 1.5}, "finetune.train.warmup_ratio: must be <= 1.0"),
+        ({"sed": 1}, "finetune.train.sed: unknown parameter"),
+    ],
+)
+def test_finetune_rejects_bad_train_params(tmp_path, train, message):
+    write_params(tmp_path, {"finetune": {"losses": ["nll"], "train": train}})
+    assert_one_error_line(run_stage(tmp_path, "stages.finetune", "random", "5", "0", "nll"), message)
+    assert not (tmp_path / "models").exists()
+
+
+def test_finetune_rejects_a_non_integer_seed(tmp_path):
+    write_params(tmp_path, {"finetune": {"losses": ["nll"], "train": {}}})
+    assert_one_error_line(run_stage(tmp_path, "stages.finetune", "random", "5", "x", "nll"), "seed must be a whole")
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "message"),
+    [
+        ({"n_test": 0}, "evaluate.n_test: must be >= 1, got 0"),
+        ({"gsm8k": {"limit": -1}}, "evaluate.gsm8k.limit: must be >= 0"),
+        ({"mt_bench": {"limit": 1, "judge": "gpt"}}, "evaluate.mt_bench.judge: must be one of overlap, local"),
+    ],
+)
+def test_evaluate_rejects_bad_params(tmp_path, evaluate, message):
+    write_params(tmp_path, {"evaluate": evaluate})
+    assert_one_error_line(run_stage(tmp_path, "stages.evaluate", "base"), message)

@@ -15,13 +15,12 @@ from typing import Protocol
 
 import numpy as np
 
+from infosift.errors import SelectionError
 from infosift.features import TokenFeatures
 
+__all__ = ["SelectionError", "SelectionResult", "Selector", "UNITS", "budget_info", "check_budget", "fill"]
+
 UNITS = ("examples", "tokens")
-
-
-class SelectionError(ValueError):
-    """A selection request that cannot be honoured (budget above pool size, bad features...)."""
 
 
 @dataclass

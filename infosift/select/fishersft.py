@@ -168,7 +168,8 @@ def reweighted(features: TokenFeatures, weighting: str) -> TokenFeatures:
     w = information_weights(features, weighting)
     if w is None:
         return features
-    return features.with_values(np.asarray(features.values, dtype=np.float32) * w[:, None])
+    dtype = np.result_type(features.values.dtype, np.float32)  # float64 stays float64 (near-ties, tests)
+    return features.with_values(np.asarray(features.values, dtype=dtype) * w[:, None].astype(dtype))
 
 
 @register("fishersft")

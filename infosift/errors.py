@@ -1,0 +1,28 @@
+"""The error types every layer raises for bad input, so a stage can catch them in one place.
+
+All are ValueErrors carrying a one-line message that says where and what ("pool.jsonl:2: missing field
+'answer'"); a stage prints it as ``error: <message>`` and exits non-zero. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class InfosiftError(ValueError):
+    """Bad input that the user can fix; the message is one line."""
+
+
+class DataError(InfosiftError):
+    """Bad input data; the message names the file, the line and what is wrong."""
+
+
+class SelectionError(InfosiftError):
+    """A selection request that cannot be honoured (budget above pool size, bad features...)."""
+
+
+class ModelResolutionError(InfosiftError):
+    """A base-model spec that cannot be turned into a usable local directory."""
+
+
+class FeaturesError(InfosiftError):
+    """A token-features directory that is missing, truncated or inconsistent."""
