@@ -11,7 +11,6 @@ random weights: same layers, same width, same tokenizer, same sequences.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,13 +18,14 @@ from pathlib import Path
 import torch
 
 from infosift.chat import encode_pair
+from infosift.data import read_records
 from infosift.embed import embed_records
 from infosift.models import load_model_and_tokenizer
 from infosift.train import TrainConfig, finetune
 
 
 def gsm8k_records(path: Path, n: int) -> list[dict]:
-    rows = [json.loads(line) for line in path.open() if line.strip()][:n]
+    rows = read_records(path)[:n]
     return [{"id": str(i), "prompt": r["question"], "response": r["answer"]} for i, r in enumerate(rows)]
 
 

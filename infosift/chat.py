@@ -7,6 +7,10 @@ so the tokens the selector saw are exactly the tokens the model is trained and s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -19,6 +23,31 @@ class Encoded:
     @property
     def n_response(self) -> int:
         return int(sum(self.response_mask))
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id that fills padding: the tokenizer's pad token, else its EOS (masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids, attention_mask (1 on real tokens) and response_mask (padding and prompt 0).
+
+    The one right padding of the library (embed, finetune, held-out NLL, sketch); generation pads on the
+    left instead (evaluate/hf.py), so that every row's last prompt token sits where decoding starts.
+    """
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    resp = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        attn[row, :n] = 1
+        resp[row, :n] = torch.tensor(e.response_mask)
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:

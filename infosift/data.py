@@ -13,9 +13,11 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from infosift.atomic import atomic_output
 from infosift.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -166,12 +168,9 @@ def fetch_from_hub(spec: DatasetSpec, split: str, cache_dir: str | Path) -> Path
             f"dataset {spec.name!r} split {split!r}: not in the local mirror and the hub "
             f"({spec.hub_id}) is unreachable: {type(e).__name__}"
         ) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with tmp.open("w") as f:
+    with atomic_output(out) as tmp, tmp.open("w") as f:
         for row in ds:
             f.write(json.dumps(row) + "\n")
-    tmp.rename(out)
     return out
 
 
@@ -193,24 +192,46 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """Read records written by write_jsonl (already normalized)."""
+    """Every row of a .jsonl, .json or .parquet file, in order: the one whole-file reader (see read_rows)."""
     return [row for _, row in read_rows(path)]
+
+
+class MTBenchFiles(NamedTuple):
+    """MT-Bench as mirrored from FastChat: questions, GPT-4 reference answers, the judge prompt templates."""
+
+    questions: Path
+    references: Path
+    judge_prompts: Path
+
+
+def mt_bench_files(mirror_dir: str | Path) -> MTBenchFiles:
+    """The three MT-Bench files under ``<mirror_dir>/mt_bench``: the one place that knows the layout.
+
+    A missing file is a DataError that names it and the layout expected.
+    """
+    root = Path(mirror_dir) / "mt_bench"
+    files = MTBenchFiles(root / "question.jsonl", root / "reference_answer_gpt-4.jsonl", root / "judge_prompts.jsonl")
+    for f in files:
+        if not f.is_file():
+            names = ", ".join(g.name for g in files)
+            raise DataError(f"{f}: not found; MT-Bench needs {names} in {root}")
+    return files
 
 
 def load_mt_bench(mirror_dir: str | Path) -> list[dict]:
     """MT-Bench first turns that have a GPT-4 reference answer, as records (a small second domain).
 
     Used where a corpus of (prompt, response) pairs from outside GSM8K is wanted, e.g. as a
-    candidate source pool for FisherSketch; the judged evaluation reads the files itself.
+    candidate source pool for FisherSketch; the judged evaluation reads the same files (mt_bench_files).
     """
-    root = Path(mirror_dir) / "mt_bench"
-    questions = {row["question_id"]: row for _, row in read_rows(root / "question.jsonl")}
+    files = mt_bench_files(mirror_dir)
+    questions = {row["question_id"]: row for _, row in read_rows(files.questions)}
     spec = DatasetSpec("mt_bench")
     records = []
-    for lineno, ref in read_rows(root / "reference_answer_gpt-4.jsonl"):
+    for lineno, ref in read_rows(files.references):
         q = questions.get(ref["question_id"])
         if q is None:
-            raise DataError(f"{root / 'reference_answer_gpt-4.jsonl'}:{lineno}: unknown question_id")
+            raise DataError(f"{files.references}:{lineno}: unknown question_id")
         row = {"prompt": q["turns"][0], "response": ref["choices"][0]["turns"][0]}
-        records.append(normalize_row(row, spec, root / "question.jsonl", lineno))
+        records.append(normalize_row(row, spec, files.questions, lineno))
     return records

@@ -24,13 +24,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from infosift.chat import Encoded, encode_pair
+from infosift.atomic import atomic_output
+from infosift.chat import Encoded, collate, encode_pair
 from infosift.features import COSTS, IDS, OFFSETS, P_NEXT, P_SQNORM, VALUES, TokenFeatures
 from infosift.models import autocast, load_model_and_tokenizer, model_fingerprint
 
@@ -84,12 +84,8 @@ def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_i
     p_sqnorm: list[np.ndarray] = [None] * n  # type: ignore[list-item]
     scores = np.full(n, np.nan, dtype=np.float32)
     for batch in length_batches([len(e.input_ids) for e in encs], batch_tokens):
-        width = len(encs[batch[0]].input_ids)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, : len(encs[i].input_ids)] = torch.tensor(encs[i].input_ids)
-            attn[row, : len(encs[i].input_ids)] = 1
+        padded = collate([encs[i] for i in batch], pad_id)
+        ids, attn = padded["input_ids"], padded["attention_mask"]
         with torch.inference_mode(), mixed:
             hidden = model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
             hidden = hidden.last_hidden_state  # (B, width, d), after the final norm
@@ -122,13 +118,12 @@ def _shard_key(ids: list[str], encs: list[Encoded], settings: dict) -> dict:
 
 
 def _write_shard(partial: Path, name: str, key: dict, feats: TokenFeatures, scores: np.ndarray) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=partial))
-    tmp.chmod(0o755)
+    """A finished shard appears whole under its name or not at all: a resumed run trusts what it finds."""
     feats.ids = list(key["ids"])
-    feats.save(tmp)
-    np.save(tmp / SELF_SCORES, scores, allow_pickle=False)
-    (tmp / SHARD_KEY).write_text(json.dumps(key, sort_keys=True))
-    os.rename(tmp, partial / name)
+    with atomic_output(partial / name) as tmp:
+        feats.save(tmp)
+        np.save(tmp / SELF_SCORES, scores, allow_pickle=False)
+        (tmp / SHARD_KEY).write_text(json.dumps(key, sort_keys=True))
 
 
 def _finished(shard: Path, key: dict) -> bool:
@@ -168,17 +163,6 @@ def _concat_shards(shards: list[Path], out: Path, meta: dict) -> None:
     meta = {**meta, "n": len(ids), "d": int(first.shape[1]), "total_tokens": total}
     meta["empty_sentences"] = int((lengths == 0).sum())
     (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Put ``tmp`` at ``final``; an older ``final`` is moved aside first and removed afterwards."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -242,13 +226,8 @@ def embed_records(
         bar.update(len(chunk))
         bar.set_postfix(tok_s=f"{done_tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
     bar.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_output(out) as tmp:
+        tmp.mkdir()
         _concat_shards(shards, tmp, settings)
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(partial)
     return TokenFeatures.load(out, mmap=True)

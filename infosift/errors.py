@@ -26,3 +26,7 @@ class ModelResolutionError(InfosiftError):
 
 class FeaturesError(InfosiftError):
     """A token-features directory that is missing, truncated or inconsistent."""
+
+
+class ContaminationError(InfosiftError):
+    """A contamination that cannot be applied (bad share, seed or mode; an altered record equal to a clean one)."""

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from infosift.hashing import file_sha256
+
 
 def canonical_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -16,14 +18,6 @@ def canonical_json(obj: object) -> str:
 def content_hash(obj: object) -> str:
     """sha256 of the canonical JSON form: equal content, equal hash, whatever the key order."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def path_sha256(path: str | Path) -> str:

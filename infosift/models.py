@@ -18,11 +18,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from infosift.atomic import atomic_output, atomic_write_text
+from infosift.device import pick_device
 from infosift.errors import ModelResolutionError
+from infosift.hashing import file_sha256
 
 __all__ = ["ModelResolutionError", "load_model_and_tokenizer", "model_fingerprint", "resolve_base_model"]
 
@@ -34,15 +35,6 @@ SOURCE_FILE = "infosift-source.json"
 
 
 # -- hashing -------------------------------------------------------------------------------------
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cached_sha256(path: Path, cache_dir: Path) -> str:
     """sha256 of ``path``, remembered in ``cache_dir`` by (path, size, mtime) so a 98 MB GGUF is hashed once."""
     st = path.stat()
@@ -55,9 +47,9 @@ def cached_sha256(path: Path, cache_dir: Path) -> str:
     hit = index.get(key)
     if hit and {k: hit.get(k) for k in stamp} == stamp:
         return hit["sha256"]
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     index[key] = {**stamp, "sha256": digest}
-    _write_text_atomic(index_file, json.dumps(index, indent=1, sort_keys=True))
+    atomic_write_text(index_file, json.dumps(index, indent=1, sort_keys=True))
     return digest
 
 
@@ -72,7 +64,7 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
         if f.suffix == ".md":
             continue
-        h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -128,15 +120,11 @@ def _resolve_bundled(name: str, cache: Path, trust_remote_code: bool) -> Path:
     final = cache / f"bundled-{name}-{digest[:16]}"
     if (final / "config.json").is_file():
         return final.resolve()
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=cache))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by every stage
-    try:
+    with atomic_output(final, keep_existing=True) as tmp:  # a concurrent run that finished first wins
+        tmp.mkdir()
         _convert_gguf(gguf_path, tmp, trust_remote_code)
         source = {"spec": f"{BUNDLED_PREFIX}{name}", "gguf": gguf_path.name, "gguf_sha256": digest}
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1, sort_keys=True))
-        _rename_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
     return final.resolve()
 
 
@@ -190,13 +178,6 @@ def _resolve_hub(repo_id: str, cache: Path, trust_remote_code: bool) -> Path:
 
 
 # -- loading -------------------------------------------------------------------------------------
-def default_device():
-    """CUDA when available, else CPU."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def autocast(device):
     """bf16 (or fp16) autocast on CUDA; plain fp32 elsewhere. Returns (context, compute dtype name).
 
@@ -223,7 +204,7 @@ def load_model_and_tokenizer(model_dir, device=None, dtype=None, trust_remote_co
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(pick_device(device))
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
@@ -233,21 +214,3 @@ def load_model_and_tokenizer(model_dir, device=None, dtype=None, trust_remote_co
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer
-
-
-# -- small helpers -------------------------------------------------------------------------------
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _rename_dir(tmp: Path, final: Path) -> None:
-    """Move a finished dir into place; if a concurrent run got there first, keep theirs."""
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "config.json").is_file():
-            raise

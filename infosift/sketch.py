@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from infosift.chat import encode_pair
+from infosift.chat import collate, encode_pair
 
 
 def hadamard(n: int) -> torch.Tensor:
@@ -125,16 +125,10 @@ def rank_sources(target_sig: np.ndarray, source_sigs: dict[str, np.ndarray]) -> 
 def _batch(tokenizer, records: list[dict], max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded input_ids, attention mask and 'position t predicts a response token' mask."""
     enc = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in records]
-    width = max(len(x.input_ids) for x in enc)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(enc), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(enc), width), dtype=torch.long)
-    predicts = torch.zeros((len(enc), width), dtype=torch.bool)
-    for b, x in enumerate(enc):
-        n = len(x.input_ids)
-        ids[b, :n], attn[b, :n] = torch.tensor(x.input_ids), 1
-        predicts[b, : n - 1] = torch.tensor(x.response_mask[1:n], dtype=torch.bool)
-    return ids, attn, predicts
+    batch = collate(enc, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    predicts = torch.zeros_like(batch["response_mask"])
+    predicts[:, :-1] = batch["response_mask"][:, 1:]  # position t predicts token t+1
+    return batch["input_ids"], batch["attention_mask"], predicts
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from infosift.compare import to_markdown
 from infosift.features import TokenFeatures
 
 
@@ -236,7 +237,6 @@ def report(table: pd.DataFrame, focus: str = "fishersft") -> tuple[str, dict]:
     names = list(dict.fromkeys(table.selector))
     others = [o for o in names if o != focus] if focus in names else []
     head = ["n", *names, *(f"{focus} / {o}" for o in others)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     metrics: dict = {"seeds": int(table.seed.nunique()), "error": {}, "error_se": {}}
     for name in names:
         part = summ[summ.selector == name].set_index("n")
@@ -251,6 +251,7 @@ def report(table: pd.DataFrame, focus: str = "fishersft") -> tuple[str, dict]:
     metrics["best_selector"] = {str(n): s for n, s in best.items()}
     if others:
         metrics[f"{focus}_best_at_every_n"] = bool((best == focus).all())
+    rows = []
     for n in sorted(table.n.unique()):
         row = [str(n)]
         for name in names:
@@ -260,8 +261,8 @@ def report(table: pd.DataFrame, focus: str = "fishersft") -> tuple[str, dict]:
             k = str(n)
             ratio, wins = metrics[f"{focus}_over_{o}"][k], metrics[f"{focus}_wins_vs_{o}"][k]
             row.append(f"{ratio:.3f} (wins {wins:.0%})")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n", metrics
+        rows.append(row)
+    return to_markdown(pd.DataFrame(rows, columns=head)), metrics
 
 
 def figure(summary: pd.DataFrame, title: str = ""):

@@ -7,6 +7,8 @@ running still gets its metrics, manifest and model logged, with the md5 DVC reco
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -58,6 +60,84 @@ class VariantRun:
     tags: dict = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # artifact folder -> local file or dir
     step_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def lineage_tags(lock: dict[str, dict[str, str]], stages: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """{"dvc.md5.<path>": md5} for every dep and out dvc.lock records for ``stages`` (absent stages add nothing)."""
+    return {f"dvc.md5.{path}": md5 for stage in stages for path, md5 in lock.get(stage, {}).items()}
+
+
+def numeric(metrics: dict) -> dict:
+    """The int and float values of ``metrics`` (bools and strings left out): what MLflow can log as metrics."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def base_run(model: object, metrics: dict, root: str | Path = ".") -> VariantRun:
+    """The nested run of the un-tuned base model: its ``model`` params and evaluate metrics."""
+    return VariantRun(
+        name="base",
+        params={"model": model},
+        metrics=numeric(metrics),
+        tags={"infosift.variant": "base"},
+        artifacts={"metrics": str(Path(root) / "results/evaluate/base/metrics.json")},
+    )
+
+
+def variant_run(
+    row: dict,
+    select_name: str,
+    lock: dict[str, dict[str, str]],
+    finetune: dict,
+    log_models: bool = True,
+    root: str | Path = ".",
+) -> VariantRun:
+    """The nested run of one fine-tuned model, from what select, finetune and evaluate wrote under ``root``.
+
+    ``row`` is the model's compare row ("variant" = its name, "budget", "seed", "loss", and numeric metrics),
+    ``select_name`` its selection (results/select/<select_name>); ``lock`` is dvc_lock_hashes(), whose md5s of the
+    select and finetune stages become dvc.md5.* tags; ``finetune`` is the training config, logged as params.
+    """
+    root, name, seed, loss = Path(root), row["variant"], row["seed"], row["loss"]
+    manifest_path = root / "results/select" / select_name / f"seed-{seed}" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    # DVC names a matrix item by its values joined with '-': finetune@<variant>-<budget>-<seed>-<loss>
+    lineage = lineage_tags(lock, (f"select@{select_name}", f"finetune@{select_name}-{seed}-{loss}"))
+    loss_csv = root / "results/finetune" / name / "train_loss.csv"
+    with loss_csv.open() as f:
+        curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    evaluated = root / "results/evaluate" / name
+    artifacts = {
+        "manifest": str(manifest_path),
+        "metrics": str(evaluated / "metrics.json"),
+        "train_loss": str(loss_csv),
+    }
+    if (evaluated / "per_example.jsonl").exists():
+        artifacts["per_example"] = str(evaluated / "per_example.jsonl")
+    if (evaluated / "gsm8k_samples").exists():
+        artifacts["gsm8k_samples"] = str(evaluated / "gsm8k_samples")
+    if log_models:
+        artifacts["model"] = str(root / "models" / name)
+    return VariantRun(
+        name=name,
+        params={
+            "selector": manifest["selector"],
+            "variant": manifest["variant"],
+            "budget": row["budget"],
+            "loss_type": loss,
+            "selector_params": manifest["params"],
+            "seed": manifest["seed"],
+            "finetune": finetune,
+        },
+        metrics=numeric(row) | {"select_seconds": manifest.get("seconds", 0.0)},
+        tags={
+            "infosift.variant": name,
+            "infosift.manifest_hash": manifest["hash"],
+            "infosift.features_sha256": manifest["inputs"].get("features", ""),
+            **lineage,
+        },
+        artifacts=artifacts,
+        step_metrics={"train_loss": curve},
+    )
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

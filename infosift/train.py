@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from infosift.chat import Encoded, encode_pair
+from infosift.chat import collate, encode_pair, pad_id_of
+from infosift.device import pick_device
 from infosift.losses import weighted_token_loss
 from infosift.models import autocast
 
@@ -40,20 +41,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; the mask marks response tokens (padding and prompt are 0)."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(batch), width), dtype=torch.long)
-    resp = torch.zeros((len(batch), width), dtype=torch.bool)
-    for row, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        attn[row, :n] = 1
-        resp[row, :n] = torch.tensor(e.response_mask)
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 
 def step_loss(model, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
@@ -97,7 +84,7 @@ def finetune(
     if not records:
         raise ValueError("no training records")
     seed_everything(cfg.seed)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device)
     encoded = [encode_pair(tokenizer, r["prompt"], r["response"], cfg.max_length) for r in records]
     encoded = [e for e in encoded if e.n_response > 0]
     if cfg.lora:
@@ -108,7 +95,7 @@ def finetune(
     steps_per_epoch = math.ceil(len(encoded) / (cfg.batch_size * cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     rng = np.random.default_rng(cfg.seed)
     history: list[dict] = []
     bar = tqdm(total=total, desc=f"finetune ({cfg.loss_type})", disable=not progress, unit="step")

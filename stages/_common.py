@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
+from infosift.atomic import atomic_output as atomic_output  # re-exported: the library's one atomic writer
 
 # Offline unless the user opts in: nothing reaches a hub by accident.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -53,32 +53,6 @@ def whole_number(text: str, what: str) -> int:
         return int(text)
     except ValueError:
         raise StageError(f"{what} must be a whole number, got {text!r}") from None
-
-
-@contextmanager
-def atomic_output(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto `final` only if the block succeeds.
-
-    A killed or failing stage leaves at most a '.tmp-*' sibling, never a finished-looking output.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    _remove(final)
-    os.replace(tmp, final)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -9,7 +9,6 @@ verdict; plus, when download made a contaminated pool, the share of bad examples
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -19,8 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from infosift.compare import plot_metric, results_table, to_markdown
+from infosift.data import read_records
 from infosift.evidence import ModelResult, evidence_table, plot_vs_tokens, verdict_lines
-from infosift.tracking import VariantRun, dvc_lock_hashes, git_commit, log_pipeline
+from infosift.tracking import (
+    VariantRun,
+    base_run,
+    dvc_lock_hashes,
+    git_commit,
+    lineage_tags,
+    log_pipeline,
+    numeric,
+    variant_run,
+)
 from stages._common import StageError, atomic_output, params, run, variant_name
 
 OUT = Path("results/compare")
@@ -58,7 +67,7 @@ def variant_rows(all_params: dict) -> list[dict]:
     sel, ft = all_params["select"], all_params["finetune"]
     bad = contaminated_ids()
     rows = [
-        {"variant": "base", "selector": "base", "budget": 0, "seed": 0, "loss": "-", **_numeric(load_metrics("base"))}
+        {"variant": "base", "selector": "base", "budget": 0, "seed": 0, "loss": "-", **numeric(load_metrics("base"))}
     ]
     for variant, budget, seed, loss in product(sel["run"], sel["budgets"], sel.get("seeds", [0]), ft["losses"]):
         name = variant_name(variant, budget, seed, loss)
@@ -68,12 +77,8 @@ def variant_rows(all_params: dict) -> list[dict]:
         row["n_train"] = len(manifest["ids"])
         if bad is not None:
             row["contaminated_share"] = float(np.mean([i in bad for i in manifest["ids"]])) if manifest["ids"] else 0.0
-        rows.append({**row, **_numeric(load_metrics(name))})
+        rows.append({**row, **numeric(load_metrics(name))})
     return rows
-
-
-def _numeric(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def per_example(name: str, test_ids: list[str] | None) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -81,7 +86,7 @@ def per_example(name: str, test_ids: list[str] | None) -> tuple[list[str], np.nd
     path = Path("results/evaluate") / name / "per_example.jsonl"
     if not path.exists():
         raise StageError(f"{path} missing; rerun evaluate@{name} (per-example NLL is needed for paired intervals)")
-    rows = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    rows = {r["id"]: r for r in read_records(path)}
     ids = test_ids or list(rows)
     if set(ids) != set(rows):
         raise StageError(f"{path} scores other test examples than the other models; rerun evaluate")
@@ -167,7 +172,7 @@ def main(argv: list[str]) -> None:
         "git_commit": git_commit(),
         "infosift.dataset": all_params["download"]["dataset"],
         "prefect.flow_run_id": os.environ.get("INFOSIFT_PIPELINE_RUN", ""),
-        **{f"dvc.md5.{p}": m for stage in ("download", "embed") for p, m in lock.get(stage, {}).items()},
+        **lineage_tags(lock, ("download", "embed")),
     }
     run_id = log_pipeline(
         run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -186,68 +191,14 @@ def main(argv: list[str]) -> None:
 
 
 def mlflow_variants(rows: list[dict], all_params: dict, lock: dict, log_models: bool) -> list[VariantRun]:
-    runs = []
-    for row in rows:
-        name = row["variant"]
-        if name == "base":
-            runs.append(
-                VariantRun(
-                    name="base",
-                    params={"model": all_params["model"]},
-                    metrics=_numeric(row),
-                    tags={"infosift.variant": "base"},
-                    artifacts={"metrics": "results/evaluate/base/metrics.json"},
-                )
-            )
-            continue
-        sel_name = variant_name(row["selector"], row["budget"])
-        manifest_path = Path("results/select") / sel_name / f"seed-{row['seed']}" / "manifest.json"
-        manifest = json.loads(manifest_path.read_text())
-        lineage = {
-            f"dvc.md5.{path}": md5
-            # DVC names a matrix item by its values joined with '-': finetune@<variant>-<budget>-<seed>-<loss>
-            for stage in (f"select@{sel_name}", f"finetune@{sel_name}-{row['seed']}-{row['loss']}")
-            for path, md5 in lock.get(stage, {}).items()
-        }
-        loss_csv = Path("results/finetune") / name / "train_loss.csv"
-        with loss_csv.open() as f:
-            curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
-        artifacts = {
-            "manifest": str(manifest_path),
-            "metrics": f"results/evaluate/{name}/metrics.json",
-            "train_loss": str(loss_csv),
-        }
-        if (Path("results/evaluate") / name / "per_example.jsonl").exists():
-            artifacts["per_example"] = f"results/evaluate/{name}/per_example.jsonl"
-        samples = Path("results/evaluate") / name / "gsm8k_samples"
-        if samples.exists():
-            artifacts["gsm8k_samples"] = str(samples)
-        if log_models:
-            artifacts["model"] = str(Path("models") / name)
-        runs.append(
-            VariantRun(
-                name=name,
-                params={
-                    "selector": manifest["selector"],
-                    "variant": manifest["variant"],
-                    "budget": row["budget"],
-                    "loss_type": row["loss"],
-                    "selector_params": manifest["params"],
-                    "seed": manifest["seed"],
-                    "finetune": all_params["finetune"].get("train", {}),
-                },
-                metrics=_numeric(row) | {"select_seconds": manifest.get("seconds", 0.0)},
-                tags={
-                    "infosift.variant": name,
-                    "infosift.manifest_hash": manifest["hash"],
-                    "infosift.features_sha256": manifest["inputs"].get("features", ""),
-                    **lineage,
-                },
-                artifacts=artifacts,
-                step_metrics={"train_loss": curve},
-            )
-        )
-    return runs
+    """One nested MLflow run per compare row: the base model, then each fine-tuned variant with its lineage."""
+    finetune = all_params["finetune"].get("train", {})
+    return [
+        base_run(all_params["model"], row)
+        if row["variant"] == "base"
+        else variant_run(row, variant_name(row["selector"], row["budget"]), lock, finetune, log_models)
+        for row in rows
+    ]
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infosift.data import read_records
+from infosift.data import mt_bench_files, read_records
+from infosift.errors import DataError
 from infosift.evaluate import gsm8k_lm_eval, heldout_nll, mt_bench_judged
+from infosift.evaluate.gsm8k import write_task_file
 from stages._common import StageError, atomic_output, check_keys, check_param, params, run
-from stages.model import base_model_dir
+from stages.model import base_model_dir, trust_remote_code
 
 
 def main(argv: list[str]) -> None:
@@ -35,7 +37,7 @@ def main(argv: list[str]) -> None:
     if not (Path(model_dir) / "config.json").exists():
         raise StageError(f"no model at {model_dir}; run its finetune stage first")
     test = read_records("data/download/test.jsonl")
-    n_test = p.get("n_test")
+    n_test, trust = p.get("n_test"), trust_remote_code()
     metrics: dict = {"model": name}
     with atomic_output(Path("results/evaluate") / name) as tmp:
         tmp.mkdir()
@@ -45,15 +47,13 @@ def main(argv: list[str]) -> None:
             max_length=int(p.get("max_length", 512)),
             batch_size=int(p.get("batch_size", 8)),
             device=p.get("device"),
+            trust_remote_code=trust,
         )
         write_per_example(tmp / "per_example.jsonl", nll.pop("per_example"))
         metrics.update(nll)
         gsm = p.get("gsm8k") or {}
         if gsm.get("limit", 0):
-            gsm_path = tmp / "gsm8k_test.jsonl"  # lm-eval reads GSM8K's own field names
-            gsm_path.write_text(
-                "".join(json.dumps({"question": r["prompt"], "answer": r["response"]}) + "\n" for r in test)
-            )
+            gsm_path = write_task_file(test, tmp / "gsm8k_test.jsonl")
             res = gsm8k_lm_eval(
                 str(model_dir),
                 str(gsm_path.resolve()),
@@ -62,12 +62,13 @@ def main(argv: list[str]) -> None:
                 batch_size=int(gsm.get("batch_size", 8)),
                 max_gen_toks=int(gsm.get("max_gen_toks", 256)),
                 device=p.get("device"),
+                trust_remote_code=trust,
             )
             gsm_path.unlink()
             metrics.update({f"gsm8k_{k}": v for k, v in res.items()})
         mt = p.get("mt_bench") or {}
         if mt.get("limit", 0):
-            metrics.update(judged(str(model_dir), mt, tmp / "mt_bench", p.get("device")))
+            metrics.update(judged(str(model_dir), mt, tmp / "mt_bench", p.get("device"), trust))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print("evaluate: " + json.dumps(metrics))
 
@@ -77,19 +78,20 @@ def write_per_example(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps({k: r[k] for k in ("id", "nll_sum", "n_tokens")}) + "\n" for r in rows))
 
 
-def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None) -> dict:
+def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: bool) -> dict:
     """MT-Bench first turns scored by the configured judge; 'base' as judge model = the base model."""
-    root = Path(params("download").get("mirror_dir", "../shared/data")) / "mt_bench"
-    if not (root / "question.jsonl").exists():
-        raise StageError(f"evaluate.mt_bench needs MT-Bench at {root} (question.jsonl, reference, judge prompts)")
+    try:
+        files = mt_bench_files(params("download").get("mirror_dir", "../shared/data"))
+    except DataError as e:
+        raise StageError(f"evaluate.mt_bench: {e}") from None
     judge, judge_model = mt.get("judge", "overlap"), mt.get("judge_model", "base")
     if judge == "local" and judge_model == "base":
         judge_model = str(base_model_dir()[0])  # resolved only when a local judge needs it
     res = mt_bench_judged(
         model_dir,
-        str(root / "question.jsonl"),
-        str(root / "reference_answer_gpt-4.jsonl"),
-        str(root / "judge_prompts.jsonl"),
+        str(files.questions),
+        str(files.references),
+        str(files.judge_prompts),
         judge=judge,
         judge_model_dir=judge_model if judge == "local" else None,
         limit=int(mt["limit"]),
@@ -97,6 +99,7 @@ def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None) -> dict:
         batch_size=int(mt.get("batch_size", 4)),
         device=device,
         out_dir=str(out_dir),
+        trust_remote_code=trust,
     )
     return {
         "mt_bench_score": res["overall"],

@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from infosift.data import read_records
+from infosift.losses import available_losses
 from infosift.manifest import content_hash, verify_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
 from infosift.train import TrainConfig, finetune
@@ -27,7 +28,7 @@ from stages._common import (
 )
 from stages.model import base_model_dir
 
-LOSSES = ("nll", "dft", "infosift")
+LOSSES = tuple(available_losses())
 
 
 def chosen_records(manifest: dict, pool: list[dict]) -> list[dict]:

@@ -1,25 +1,25 @@
 """select@<variant>-<budget>: run one selector variant on the pool's token features, once per seed.
 
 A variant is a named selector configuration in params.yaml (select.variants): the selector's
-registry name, its construction params, and which query signal it gets (GIP: targets or scores;
-DSIR: n-gram importance weights toward the target slice). Budgets count ``select.budget_unit``:
-tokens (what a fine-tune pays for) or examples. A seeded selector (random, density) selects once per
-seed in ``select.seeds``; a deterministic one selects once and writes that selection for every seed,
-so each seed still gets its own fine-tune. Output: results/select/<variant>-<budget>/seed-<s>/manifest.json.
+registry name, its construction params, and which query signal it gets (a kind in infosift/queries.py:
+GIP's targets or scores, DSIR's n-gram importance weights toward the target slice). Budgets count
+``select.budget_unit``: tokens (what a fine-tune pays for) or examples. A seeded selector (random,
+density) selects once per seed in ``select.seeds``; a deterministic one selects once and writes that
+selection for every seed, so each seed still gets its own fine-tune.
+Output: results/select/<variant>-<budget>/seed-<s>/manifest.json.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from infosift.data import read_records
 from infosift.features import TokenFeatures
 from infosift.manifest import build_manifest, path_sha256
+from infosift.queries import QuerySource, get_query, query_options
 from infosift.select import get_selector
 from infosift.select.base import UNITS
 from stages._common import StageError, atomic_output, check_param, params, run, variant_name, whole_number
@@ -41,52 +41,6 @@ def variant_config(name: str, p: dict) -> tuple[str, dict, str | None]:
     return selector, cfg, query
 
 
-def query_inputs(query: str | None, cfg: dict, ids: list[str]) -> tuple[dict, dict]:
-    """The keyword arguments (targets= / scores=) a query kind needs, and their input hashes."""
-    if query is None:
-        return {}, {}
-    if query == "targets":
-        path = FEATURES / "target"
-        return {"targets": TokenFeatures.load(path, mmap=True)}, {"targets": path_sha256(path)}
-    if query == "scores":
-        path = FEATURES / "pool" / "self_scores.npy"
-        return {"scores": np.load(path)}, {"scores": path_sha256(path)}
-    if query == "dsir":
-        return {"scores": dsir_scores(ids)}, {
-            "pool": path_sha256(DOWNLOAD / "pool.jsonl"),
-            "target": path_sha256(DOWNLOAD / "target.jsonl"),
-        }
-    if query == "ma":
-        from infosift.scores import load_attribute_scores
-
-        path = cfg.get("scores_file")
-        if not path:
-            raise StageError("query 'ma' needs scores_file (JSON {id: {attribute: value}}) in the variant config")
-        scores = load_attribute_scores(path, ids, cfg.get("attribute_weights"))
-        return {"scores": scores}, {"scores": path_sha256(path)}
-    raise StageError(f"unknown query kind {query!r} (use targets, scores, dsir or ma)")
-
-
-def dsir_scores(ids: list[str]) -> np.ndarray:
-    """DSIR log importance weights of the pool toward the target slice, aligned to the feature ids."""
-    from infosift.dsir import dsir_log_weights
-
-    pool = {r["id"]: r for r in read_records(DOWNLOAD / "pool.jsonl")}
-    target_path = DOWNLOAD / "target.jsonl"
-    target = read_records(target_path) if target_path.stat().st_size else []
-    if not target:
-        raise StageError("query 'dsir' needs a target slice: set download.target_size > 0")
-    missing = [i for i in ids if i not in pool]
-    if missing:
-        raise StageError(f"{len(missing)} feature ids are not in {DOWNLOAD / 'pool.jsonl'}; rerun embed")
-
-    def text(r: dict) -> str:
-        return f"{r['prompt']}\n{r['response']}"
-
-    with tempfile.TemporaryDirectory(prefix="dsir-") as work:
-        return dsir_log_weights([text(pool[i]) for i in ids], [text(r) for r in target], work)
-
-
 def scalar_info(info: dict) -> dict:
     """The JSON-able scalars of a selector's info; arrays (per-example densities) and wall times (``*_s``)
     stay out, so equal selections have equal manifest hashes."""
@@ -106,14 +60,16 @@ def main(argv: list[str]) -> None:
     for i, s in enumerate(seeds):
         check_param(s, f"select.seeds[{i}]", int, low=0)
     selector_name, sel_params, query = variant_config(name, p)
-    query_cfg = {k: sel_params.pop(k) for k in ("scores_file", "attribute_weights") if k in sel_params}
+    query_cfg = {k: sel_params.pop(k) for k in query_options() if k in sel_params}
+    query_kind = None if query is None else get_query(query)
     selector = get_selector(selector_name, **sel_params)
     features = TokenFeatures.load(FEATURES / "pool", mmap=True)
     try:  # corrupted features are an error for every selector, also those that never read the values
         features.check_finite()
     except ValueError as e:
         raise StageError(f"{FEATURES / 'pool'}: {e}; rerun embed") from None
-    extra, input_hashes = query_inputs(query, query_cfg, features.ids)
+    source = QuerySource(ids=features.ids, features=FEATURES, download=DOWNLOAD, options=query_cfg)
+    extra, input_hashes = ({}, {}) if query_kind is None else query_kind(source)
     deterministic = bool(getattr(selector, "deterministic", False))
 
     out_dir = Path("results/select") / variant_name(name, budget)

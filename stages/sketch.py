@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from infosift.data import load_mt_bench, read_records, subsample
 from infosift.models import load_model_and_tokenizer
+from infosift.plots import alignment_heatmap
 from infosift.sketch import alignment_matrix, rank_sources, sketch_corpus
 from stages._common import StageError, atomic_output, params, run
 from stages.model import base_model_dir
@@ -32,25 +31,6 @@ def _records(path: str, max_records: int | None, seed: int) -> list[dict]:
     if not records:
         raise StageError(f"sketch corpus {path} holds no records")
     return records
-
-
-def heatmap(names: list[str], mat: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.2 * len(names) + 1.5))
-    im = ax.imshow(mat, vmin=min(0.0, float(mat.min())), vmax=1.0, cmap="viridis")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=ax, label="head Fisher alignment (FisherSketch cosine)")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str]) -> None:
@@ -80,7 +60,7 @@ def main(argv: list[str]) -> None:
     with atomic_output(OUT) as tmp:
         tmp.mkdir(parents=True)
         (tmp / "ranking.json").write_text(json.dumps(result, indent=2))
-        heatmap(names, mat, tmp / "alignment.png")
+        alignment_heatmap(names, mat, tmp / "alignment.png")
     best = result["ranking"][0]
     print(f"sketch: best source {best['source']} (alignment {best['alignment']:.3f}) -> {OUT}/ranking.json")
 

@@ -83,3 +83,16 @@ def test_subsample_is_seeded_and_order_preserving():
     assert [int(r["id"]) for r in a] == sorted(int(r["id"]) for r in a)
     assert subsample(recs, 10, seed=4) != a
     assert subsample(recs, None, seed=0) == recs
+
+
+def test_mt_bench_files_name_the_missing_file(tmp_path):
+    from infosift.data import mt_bench_files
+
+    root = tmp_path / "mt_bench"
+    root.mkdir()
+    for name in ("question.jsonl", "reference_answer_gpt-4.jsonl"):
+        (root / name).write_text("{}\n")
+    with pytest.raises(DataError, match="judge_prompts.jsonl: not found"):
+        mt_bench_files(tmp_path)
+    (root / "judge_prompts.jsonl").write_text("{}\n")
+    assert mt_bench_files(tmp_path).judge_prompts == root / "judge_prompts.jsonl"

@@ -80,9 +80,9 @@ def test_the_deps_check_fails_when_a_dep_is_dropped(tmp_path):
     for item in ("infosift", "stages"):
         (tmp_path / item).symlink_to(ROOT / item)
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    spec["stages"]["evaluate"]["deps"].remove("infosift/train.py")
+    spec["stages"]["evaluate"]["deps"].remove("infosift/chat.py")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
-    assert missing_deps(tmp_path) == {"evaluate": ["infosift/train.py"]}
+    assert missing_deps(tmp_path) == {"evaluate": ["infosift/chat.py"]}
 
 
 def test_flow_takes_stage_order_from_dvc_yaml(tmp_path):

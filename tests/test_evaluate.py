@@ -17,7 +17,14 @@ import yaml
 
 from infosift.chat import encode_pair
 from infosift.evaluate import gsm8k_lm_eval, heldout_nll, mt_bench_judged, overlap_rating, parse_rating
-from infosift.evaluate.gsm8k import TASK_NAME, run_gsm8k_task, summarize, task_config, write_samples
+from infosift.evaluate.gsm8k import (
+    TASK_NAME,
+    run_gsm8k_task,
+    summarize,
+    task_config,
+    write_samples,
+    write_task_file,
+)
 from infosift.evaluate.judge import token_f1
 from infosift.evaluate.nll import fp32_matmuls
 from tests.tiny import build_tokenizer, gsm_rows, save_tiny_model, write_jsonl
@@ -63,7 +70,8 @@ def nudged_model_dirs(tmp_path, gsm_records):
     """
     from transformers import AutoModelForCausalLM
 
-    from infosift.train import TrainConfig, collate, step_loss
+    from infosift.chat import collate
+    from infosift.train import TrainConfig, step_loss
 
     base = save_tiny_model(tmp_path / "base")
     tok = build_tokenizer()
@@ -190,6 +198,14 @@ def test_evaluate_stage_writes_per_example(tiny_model_dir, gsm_records, tmp_path
 
 
 # ---------------------------------------------------------------- GSM8K through lm-eval
+
+
+def test_write_task_file_renames_fields_for_lm_eval(gsm_records, tmp_path):
+    """lm-eval's GSM8K task reads {question, answer}; records carry {prompt, response}."""
+    path = write_task_file(gsm_records[:3] + [{"prompt": "Ünïcode?", "response": "#### 1"}], tmp_path / "t.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[:3] == [{"question": r["prompt"], "answer": r["response"]} for r in gsm_records[:3]]
+    assert rows[3] == {"question": "Ünïcode?", "answer": "#### 1"}
 
 
 def test_task_config_uses_split_dict(tmp_path):
@@ -340,3 +356,40 @@ def test_mt_bench_unparseable_and_local_judge(tiny_model_dir, mt_files):
     with pytest.raises(ValueError, match="judge_model_dir"):
         mt_bench_judged(str(tiny_model_dir), mt_files["q"], mt_files["r"], mt_files["p"], judge="local", limit=1,
                         max_new_tokens=1, device="cpu")  # fmt: skip
+
+
+def test_evaluation_loads_through_models_and_honours_trust_remote_code(
+    tiny_model_dir, gsm_records, mt_files, monkeypatch
+):
+    """A model finetune may load with trust_remote_code must be loadable by every evaluation too."""
+    import infosift.models as models
+
+    seen, real = [], models.load_model_and_tokenizer
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", spy)
+    heldout_nll(str(tiny_model_dir), gsm_records[:2], device="cpu", trust_remote_code=True)
+    assert seen[0]["trust_remote_code"] is True and seen[0]["dtype"] == torch.float32  # scoring stays fp32
+    mt_bench_judged(str(tiny_model_dir), mt_files["q"], mt_files["r"], mt_files["p"], judge="local",
+                    judge_model_dir=str(tiny_model_dir), limit=1, max_new_tokens=2, judge_max_new_tokens=2,
+                    device="cpu", trust_remote_code=True)  # fmt: skip
+    assert len(seen) == 3 and all(kw["trust_remote_code"] is True for kw in seen)  # answering model and judge
+
+
+def test_gsm8k_hands_trust_remote_code_to_lm_eval(monkeypatch, tmp_path):
+    import infosift.evaluate.gsm8k as gsm8k
+
+    seen = {}
+
+    def fake_task(model, config, limit, model_args=None, **kw):
+        seen.update(model_args=model_args, device=kw["device"])
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(gsm8k, "run_gsm8k_task", fake_task)
+    with pytest.raises(RuntimeError, match="stop"):
+        gsm8k_lm_eval("some/model", str(tmp_path / "t.jsonl"), limit=1, device="cpu", trust_remote_code=True)
+    assert seen == {"model_args": {"pretrained": "some/model", "dtype": "float32", "trust_remote_code": True},
+                    "device": "cpu"}  # fmt: skip

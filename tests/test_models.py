@@ -93,7 +93,7 @@ def test_bundled_converts_once_into_hash_keyed_dir(fake_bundle, tmp_path, monkey
     assert json.loads((first / "infosift-source.json").read_text())["gguf_sha256"] == sha
 
     hashed = []
-    monkeypatch.setattr(models, "sha256_file", lambda p, *a: hashed.append(p) or "0" * 64)
+    monkeypatch.setattr(models, "file_sha256", lambda p, *a: hashed.append(p) or "0" * 64)
     assert resolve_base_model(BUNDLED, cache) == first
     assert len(calls) == 1 and hashed == []  # neither reconverted nor rehashed
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from infosift.chat import encode_pair
-from infosift.train import TrainConfig, collate, finetune, step_loss
+from infosift.chat import collate, encode_pair
+from infosift.train import TrainConfig, finetune, step_loss
 
 
 def load(tiny_model_dir):

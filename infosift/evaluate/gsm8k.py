@@ -15,6 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from infosift.atomic import atomic_write_text
+from infosift.data import write_jsonl
+from infosift.device import pick_device
+
 TASK_NAME = "infosift_gsm8k_local"
 
 # Zero-shot chat prompt: the model is told the answer format strict-match expects.
@@ -81,6 +85,12 @@ def task_config(
         ],
         "metadata": {"version": 1.0},
     }
+
+
+def write_task_file(records: list[dict], path: str | Path) -> Path:
+    """Records ({prompt, response}) as the JSONL lm-eval's GSM8K task reads: its own fields {question, answer}."""
+    write_jsonl(path, [{"question": r["prompt"], "answer": r["response"]} for r in records])
+    return Path(path)
 
 
 def run_gsm8k_task(
@@ -153,10 +163,9 @@ def write_samples(results: dict, out_dir: str) -> Path:
         row["extracted"][s["filter"]] = s["filtered_resps"][0]
         row["exact_match"][s["filter"]] = s.get("exact_match")
     path = Path(out_dir) / "gsm8k_samples.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, default=handle_non_serializable) + "\n" for _, r in sorted(rows.items())))
-    tmp.replace(path)
+    atomic_write_text(
+        path, "".join(json.dumps(r, default=handle_non_serializable) + "\n" for _, r in sorted(rows.items()))
+    )
     return path
 
 
@@ -171,24 +180,29 @@ def gsm8k_lm_eval(
     num_fewshot: int = 0,
     apply_chat_template: bool = True,
     train_path: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """GSM8K exact_match (strict and flexible) of the HF model in model_dir, greedy decoding.
 
     train_path only feeds few-shot examples; without it the test file stands in, which is
     only allowed zero-shot (few-shot from the test split would leak answers).
+    ``trust_remote_code`` is handed to lm-eval's HF loader (a model with custom code needs it).
     """
     if num_fewshot > 0 and train_path is None:
         raise ValueError("num_fewshot > 0 needs train_path (few-shot examples must not come from the test split)")
     config = task_config(test_path, train_path or test_path, max_gen_toks, num_fewshot)
-    from infosift.evaluate.hf import pick_device
-
+    device = pick_device(device)
     results = run_gsm8k_task(
         "hf",
         config,
         limit,
-        model_args={"pretrained": str(model_dir), "dtype": "float32" if pick_device(device) == "cpu" else "auto"},
+        model_args={
+            "pretrained": str(model_dir),
+            "dtype": "float32" if device == "cpu" else "auto",
+            "trust_remote_code": trust_remote_code,
+        },
         batch_size=batch_size,
-        device=pick_device(device),
+        device=device,
         apply_chat_template=apply_chat_template,
     )
     if out_dir is not None:

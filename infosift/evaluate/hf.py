@@ -9,27 +9,27 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from infosift.chat import prompt_ids
+from infosift.chat import pad_id_of, prompt_ids
+from infosift.device import pick_device
 
 
-def pick_device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_causal_lm(model_dir: str, device: str | None = None, dtype: torch.dtype | None = None):
+def load_causal_lm(
+    model_dir: str, device: str | None = None, dtype: torch.dtype | None = None, trust_remote_code: bool = False
+):
     """(model in eval mode on device, tokenizer), loaded through infosift.models.load_model_and_tokenizer.
 
     ``dtype=None`` is the generation default: float32 on CPU (bf16 matmuls are slow there), bfloat16 on
     CUDA (greedy decoding, lm-eval and the judge only need the argmax, and bf16 halves the memory).
     Scoring must pass ``torch.float32``: a short fine-tune moves weights by ~1e-4, a fraction of bf16's
     spacing, so bf16 rounds most of it away and shrinks the differences between fine-tunes.
+    ``trust_remote_code``: the same consent finetune was given, so a model with custom code can be evaluated.
     """
     from infosift.models import load_model_and_tokenizer
 
     device = pick_device(device)
     if dtype is None:
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    return load_model_and_tokenizer(model_dir, device=device, dtype=dtype)
+    return load_model_and_tokenizer(model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +53,7 @@ def greedy_chat(
     desc: str = "generate",
 ) -> list[str]:
     """Greedy replies to single-turn user prompts, rendered with the tokenizer's chat template."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     out: list[str] = [""] * len(prompts)

@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from infosift.atomic import atomic_write_text
+from infosift.data import read_records
 from infosift.evaluate.hf import greedy_chat, load_causal_lm
 
 LABEL = "MT-Bench-style (first turn, offline judge), not comparable to published MT-Bench"
@@ -25,10 +27,6 @@ Judge = Callable[[str], float | None]
 
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _WORD = re.compile(r"\w+")
-
-
-def read_jsonl(path: str) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def spread_over_categories(questions: list[dict], limit: int | None) -> list[dict]:
@@ -77,8 +75,15 @@ def overlap_rating(answer: str, reference: str) -> float:
 class LocalJudge:
     """A local HF chat model as judge: MT-Bench judge prompt in, '[[rating]]' parsed out."""
 
-    def __init__(self, model_dir: str, max_new_tokens: int = 256, batch_size: int = 4, device: str | None = None):
-        self.model, self.tokenizer = load_causal_lm(model_dir, device)
+    def __init__(
+        self,
+        model_dir: str,
+        max_new_tokens: int = 256,
+        batch_size: int = 4,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        self.model, self.tokenizer = load_causal_lm(model_dir, device, trust_remote_code=trust_remote_code)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.replies: list[str] = []  # kept so a person can read why a score came out as it did
 
@@ -116,19 +121,22 @@ def mt_bench_judged(
     batch_size: int = 4,
     device: str | None = None,
     out_dir: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Answer `limit` MT-Bench first turns (spread over categories) with model_dir, then score every answer.
 
     judge: "local" (LocalJudge on judge_model_dir), "overlap" (reference F1 only) or a callable.
     The overlap score is always reported too, on the questions that have a GPT-4 reference.
+    The three paths are infosift.data.mt_bench_files(mirror_dir); ``trust_remote_code`` covers both the
+    answering model and a local judge.
     """
     if judge == "local" and judge_model_dir is None:
         raise ValueError("judge='local' needs judge_model_dir (a local HF chat model)")
-    questions = spread_over_categories(read_jsonl(questions_path), limit)
-    refs = {r["question_id"]: r["choices"][0]["turns"][0] for r in read_jsonl(reference_path)}
-    templates = {t["name"]: t for t in read_jsonl(judge_prompts_path)}
+    questions = spread_over_categories(read_records(questions_path), limit)
+    refs = {r["question_id"]: r["choices"][0]["turns"][0] for r in read_records(reference_path)}
+    templates = {t["name"]: t for t in read_records(judge_prompts_path)}
 
-    model, tokenizer = load_causal_lm(model_dir, device)
+    model, tokenizer = load_causal_lm(model_dir, device, trust_remote_code=trust_remote_code)
     answers = greedy_chat(model, tokenizer, [q["turns"][0] for q in questions], max_new_tokens, batch_size, "answer")
     del model
 
@@ -143,7 +151,7 @@ def mt_bench_judged(
     if judge == "overlap":
         scores = overlap
     elif judge == "local":
-        local = LocalJudge(judge_model_dir, judge_max_new_tokens, batch_size, device)
+        local = LocalJudge(judge_model_dir, judge_max_new_tokens, batch_size, device, trust_remote_code)
         scores, judge_replies = local.judge_many(prompts), local.replies
     elif callable(judge):
         scores = [judge(p) for p in prompts]
@@ -179,7 +187,6 @@ def _judge_name(judge: Judge | str, judge_model_dir: str | None) -> str:
 def _write_log(out_dir, questions, answers, prompts, scores, overlap, judge_replies) -> Path:
     """One JSON line per question, so a person can read the answer, the judge's reasoning and the scores."""
     path = Path(out_dir) / "mt_bench_judged.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, q in enumerate(questions):
         row = {
@@ -193,7 +200,5 @@ def _write_log(out_dir, questions, answers, prompts, scores, overlap, judge_repl
             "judge_reply": judge_replies[i] if judge_replies is not None else None,
         }
         lines.append(json.dumps(row) + "\n")
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(lines))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(lines))
     return path

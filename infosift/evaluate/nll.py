@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from infosift.chat import encode_pair
+from infosift.chat import collate, encode_pair, pad_id_of
 from infosift.evaluate.hf import load_causal_lm
-from infosift.train import collate
 
 
 def response_nll_rows(logits: torch.Tensor, ids: torch.Tensor, resp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +65,7 @@ def heldout_nll(
     max_length: int = 512,
     batch_size: int = 8,
     device: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """-log p of the response tokens of `records` ({id, prompt, response, source}), pooled and per example.
 
@@ -74,9 +74,9 @@ def heldout_nll(
     """
     if not records:
         raise ValueError("heldout_nll needs at least one record")
-    model, tokenizer = load_causal_lm(model_dir, device, dtype=torch.float32)
+    model, tokenizer = load_causal_lm(model_dir, device, dtype=torch.float32, trust_remote_code=trust_remote_code)
     device_type = model.device.type
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     encoded = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in records]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
     sums, counts = [0.0] * len(records), [0] * len(records)

@@ -1,11 +1,14 @@
 """Selector registry: ``get_selector(name, **params)`` returns an object with ``.select(...)``.
 
-Each selector lives in its own module and registers itself with ``@register("name")``; the
-modules are imported here so that importing ``infosift.select`` fills the registry.
+Each selector lives in its own module and registers itself with ``@register("name")``. Importing
+``infosift.select`` imports every module of the package (``discover``), so a new selector is one new
+file: no import list to keep in sync. Helper modules (base, celf, logdet...) register nothing; that is fine.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 from infosift.select.base import SelectionError, SelectionResult, Selector, check_budget
@@ -37,12 +40,23 @@ def get_selector(name: str, **params) -> Selector:
     return _REGISTRY[name](**params)
 
 
-# Importing the modules registers them. Keep this list in sync with the files in this package.
-from infosift.select import density as _density  # noqa: E402,F401
-from infosift.select import dsir as _dsir  # noqa: E402,F401
-from infosift.select import fishersft as _fishersft  # noqa: E402,F401
-from infosift.select import gip as _gip  # noqa: E402,F401
-from infosift.select import random as _random  # noqa: E402,F401
-from infosift.select import sentence_od as _sentence_od  # noqa: E402,F401
+def discover() -> list[str]:
+    """Import every module of this package (on ``__path__``), which registers its selectors; return their names."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    return names
 
-__all__ = ["SelectionError", "SelectionResult", "Selector", "available", "check_budget", "get_selector", "register"]
+
+discover()
+
+__all__ = [
+    "SelectionError",
+    "SelectionResult",
+    "Selector",
+    "available",
+    "check_budget",
+    "discover",
+    "get_selector",
+    "register",
+]

@@ -30,9 +30,9 @@ import heapq
 import time
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
+from infosift.device import pick_device
 from infosift.features import TokenFeatures
 from infosift.select import register
 from infosift.select.base import SelectionError, SelectionResult, budget_info, check_budget, finite_or_error
@@ -41,12 +41,12 @@ from infosift.select.incremental import GreedyState, to_numpy
 from infosift.select.logdet import gains, padded
 
 
-def default_device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+def gain_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Split all sentences, shortest first, into batches of at most max_tokens padded rows X_i each.
 
-
-def length_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """Split all sentences into length-sorted batches of at most max_tokens padded rows each."""
+    For the first gain pass only (logdet.padded pads each batch to its longest sentence; an empty
+    sentence still takes a row). Not embed.length_batches, which packs token sequences longest first.
+    """
     order = np.argsort(lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
@@ -61,7 +61,7 @@ def length_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
 def first_gains(features: TokenFeatures, ridge: float, device: str, max_tokens: int = 32768) -> np.ndarray:
     """All gains against V = ridge * I in one batched, bounded-memory pass (the floor of any greedy)."""
     out = np.empty(len(features), dtype=np.float64)
-    for idx in length_batches(features.lengths, max_tokens):
+    for idx in gain_batches(features.lengths, max_tokens):
         out[idx] = to_numpy(gains(padded(features, idx, device), None, ridge))
     return out
 
@@ -83,7 +83,7 @@ def lazy_greedy(
     """
     if ridge <= 0:
         raise SelectionError(f"ridge must be > 0 (log det of a singular start is -inf), got {ridge}")
-    device = default_device(device)
+    device = pick_device(device)
     price = costs.astype(np.float64) if ratio else np.ones(len(costs))
     # One BLAS thread on CPU: the greedy's many small float64 products only wait on a thread pool, and a
     # pool that shares its cores with other work (DVC stages, a second job) stalls even the big first pass.

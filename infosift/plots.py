@@ -1,0 +1,27 @@
+"""Figures of the sketch stage: the pairwise FisherSketch alignment of the target and source corpora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def alignment_heatmap(names: list[str], mat: np.ndarray, path: str | Path) -> None:
+    """A PNG of the (len(names), len(names)) alignment matrix, each cell labelled with its value.
+
+    The colour scale runs to 1 (a corpus against itself) from 0, or lower when some alignment is negative.
+    """
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+
+    fig = Figure(figsize=(1.2 * len(names) + 2, 1.2 * len(names) + 1.5))
+    ax = fig.subplots()
+    im = ax.imshow(mat, vmin=min(0.0, float(mat.min())), vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax, label="head Fisher alignment (FisherSketch cosine)")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
