@@ -42,8 +42,10 @@ def build_manifest(
     inputs: dict[str, str],
     seconds: float | None = None,
     info: dict | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict:
-    """The selection manifest; its `hash` covers everything but itself (and the wall time).
+    """The selection manifest; its `hash` covers everything but itself and the wall times
+    (``seconds``, and ``timings``: the selector's own, e.g. its first pass), which differ run to run.
 
     ``info``: what the selector reports about its run (unit, budget used, CELF's choice, objective...).
     """
@@ -62,11 +64,16 @@ def build_manifest(
     manifest = {**body, "hash": content_hash(body)}
     if seconds is not None:
         manifest["seconds"] = round(float(seconds), 3)
+    if timings:
+        manifest["timings"] = {k: round(float(v), 3) for k, v in timings.items()}
     return manifest
+
+
+UNHASHED = ("hash", "seconds", "timings")
 
 
 def verify_manifest(manifest: dict) -> None:
     """Raise ValueError if the manifest was edited after it was written."""
-    body = {k: v for k, v in manifest.items() if k not in ("hash", "seconds")}
+    body = {k: v for k, v in manifest.items() if k not in UNHASHED}
     if content_hash(body) != manifest.get("hash"):
         raise ValueError("manifest hash does not match its content (edited by hand?)")

@@ -92,6 +92,7 @@ def main(argv: list[str]) -> None:
                 gains=None if result.gains is None else np.asarray(result.gains),
                 inputs={"features": path_sha256(FEATURES / "pool"), **input_hashes},
                 seconds=seconds,
+                timings={k: v for k, v in result.info.items() if k.endswith("_s") and isinstance(v, int | float)},
                 info={
                     **scalar_info(result.info),
                     "unit": unit,
