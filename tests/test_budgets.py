@@ -11,6 +11,7 @@ from infosift.select import SelectionError, available, get_selector
 from infosift.select.celf import best_of_two
 from infosift.select.fishersft import lazy_greedy
 from infosift.select.gip import greedy_projection, score_queries, sentence_embeddings, trace_objective
+from tests.test_gip import brute_objective
 
 # -- pools -----------------------------------------------------------------------------------------
 
@@ -303,23 +304,14 @@ def test_lazy_greedy_under_a_knapsack_equals_brute_force(seed, n, d, ridge, frac
     assert_filled(idx, costs, budget)
 
 
-def brute_trace(emb: np.ndarray, q: np.ndarray, chosen: list[int], ridge: float) -> float:
-    """tr(Q P_S Q^T) with the projection built explicitly (d x d)."""
-    if not chosen:
-        return 0.0
-    fs = emb[chosen]
-    proj = fs.T @ np.linalg.inv(fs @ fs.T + ridge * np.eye(len(chosen))) @ fs
-    return float(np.trace(q @ proj @ q.T))
-
-
 def brute_gip(emb, q, costs, budget, ridge, ratio):
     chosen, gains, left = [], [], budget
     while True:
         fits = [i for i in range(len(emb)) if i not in chosen and costs[i] <= left]
         if not fits:
             return chosen, gains
-        base = brute_trace(emb, q, chosen, ridge)
-        g = {i: brute_trace(emb, q, chosen + [i], ridge) - base for i in fits}
+        base = brute_objective(emb, q, chosen, ridge)
+        g = {i: brute_objective(emb, q, chosen + [i], ridge) - base for i in fits}
         best = max(fits, key=lambda i: (g[i] / costs[i] if ratio else g[i], -i))
         chosen.append(best)
         gains.append(g[best])
