@@ -4,6 +4,8 @@
 2. Large pool (default N=20k x 64 tokens x d=576, budget 1000): time vs the floor = one batched pass
    computing all first gains, and vs one full exact-gain pass against a general V^-1 (one plain step).
 3. How time and peak memory grow with N (each size in its own subprocess, so peak RSS is its own).
+4. ``--epsilon``: the fast mode (stochastic greedy) vs the exact lazy greedy on the largest size: time vs
+   the floor, gain evaluations, and its objective (log det gain) as a % of the exact one's.
 
 Synthetic pool (seeded, generated chunk-wise): token x_ij = r_i * (0.8 c_i + z_ij) * s, with a
 sentence topic c_i ~ N(0, I), token noise z_ij ~ N(0, I), a decaying spectrum s_k = (1 + k)^-1/2
@@ -11,6 +13,8 @@ sentence topic c_i ~ N(0, I), token noise z_ij ~ N(0, I), a decaying spectrum s_
 
     python bench/select_bench.py            # full run (~10 min on 2 cores)
     python bench/select_bench.py --quick    # small sizes, a smoke test
+    python bench/select_bench.py --epsilon 0.1            # only 4., at N=20k x 64 x 576, budget 1000
+    python bench/select_bench.py --epsilon 0.1 --quick    # only 4., small
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ import numpy as np
 
 from infosift.features import TokenFeatures
 from infosift.select import get_selector
-from infosift.select.fishersft import first_gains
-from infosift.select.logdet import gains, padded
+from infosift.select.logdet import first_gains, gains, padded
 
 
 def make_pool(n: int, t: int, d: int, seed: int = 0, chunk: int = 1024) -> TokenFeatures:
@@ -162,6 +165,28 @@ def scaling(sizes: list[int], t: int, d: int, budget: int, device: str = "cpu") 
     )
 
 
+def fast_mode(n: int, t: int, d: int, budget: int, epsilon: float, device: str = "cpu") -> None:
+    f = make_pool(n, t, d)
+    t_floor = floor_pass(f, device)
+    print(f"[4] N={n} T={t} d={d} budget={budget} on {device}: floor {t_floor:.2f} s; running the exact greedy...")
+    exact, t_exact = timed(lambda: get_selector("fishersft", ridge=1.0, device=device).select(f, budget))
+    fast, t_fast = timed(
+        lambda: get_selector("fishersft", ridge=1.0, device=device, epsilon=epsilon).select(f, budget, seed=0)
+    )
+    f_exact, f_fast = float(exact.gains.sum()), float(fast.gains.sum())
+    print(f"{'':>22} {'select s':>9} {'/ floor':>8} {'gain evals':>10} {'objective':>10} {'% exact':>8}")
+    for name, res, secs in (("exact", exact, t_exact), (f"epsilon={epsilon} seed 0", fast, t_fast)):
+        obj = float(res.gains.sum())
+        print(
+            f"{name:>22} {secs:>9.1f} {secs / t_floor:>8.2f} {res.info['n_gain_evals']:>10} {obj:>10.1f} "
+            f"{obj / f_exact:>8.2%}"
+        )
+    print(
+        f"sample size s = {fast.info['sample_size']} of {n}; speedup over exact {t_exact / t_fast:.1f}x; "
+        f"objective = log det gain over ridge*I, fast {f_fast:.1f} vs exact {f_exact:.1f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
@@ -172,7 +197,14 @@ def main() -> None:
     ap.add_argument("--skip-brute", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu (numpy) or cuda (torch); the brute force runs on CPU")
     ap.add_argument("--sizes", type=int, nargs="+", default=[2500, 5000, 10000, 20000])
+    ap.add_argument("--epsilon", type=float, help="only 4.: fast mode at this epsilon, on the largest of --sizes")
     args = ap.parse_args()
+    if args.epsilon is not None:
+        if args.quick:
+            fast_mode(1000, 16, 64, 100, args.epsilon, args.device)
+        else:
+            fast_mode(max(args.sizes), args.tokens, args.dim, args.budget, args.epsilon, args.device)
+        return
     if args.one:
         print(json.dumps(one_size(args.one, args.tokens, args.dim, args.budget, args.device)))
         return

@@ -11,6 +11,9 @@ sum c_i <= B: a knapsack. CELF (select/celf.py) runs the greedy twice, by gain a
 stale ratio is still an upper bound, so both stay lazy), each passing over sentences that no longer
 fit, and keeps the higher log det. An example budget is the special case c_i = 1.
 
+Fast mode (``epsilon``): each step takes the best of a random sample instead of the whole pool, the
+stochastic greedy of select/stochastic.py, (1 - 1/e - epsilon) in expectation instead of exact.
+
 Information weights (``weighting``; no paper has them). FisherSFT's design V = sum x x^T is the Fisher
 information of the LM head W (logits z = W x) only if every token's softmax covariance were the same.
 The head's log-likelihood gradient for a token with label y is (onehot(y) - p) x^T, so its Fisher
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -37,33 +42,9 @@ from infosift.features import TokenFeatures
 from infosift.select import register
 from infosift.select.base import SelectionError, SelectionResult, budget_info, check_budget, finite_or_error
 from infosift.select.celf import best_of_two
-from infosift.select.incremental import GreedyState, to_numpy
-from infosift.select.logdet import gains, padded
-
-
-def gain_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """Split all sentences, shortest first, into batches of at most max_tokens padded rows X_i each.
-
-    For the first gain pass only (logdet.padded pads each batch to its longest sentence; an empty
-    sentence still takes a row). Not embed.length_batches, which packs token sequences longest first.
-    """
-    order = np.argsort(lengths, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        stop = start + 1
-        while stop < len(order) and (stop - start + 1) * max(int(lengths[order[stop]]), 1) <= max_tokens:
-            stop += 1
-        batches.append(order[start:stop])
-        start = stop
-    return batches
-
-
-def first_gains(features: TokenFeatures, ridge: float, device: str, max_tokens: int = 32768) -> np.ndarray:
-    """All gains against V = ridge * I in one batched, bounded-memory pass (the floor of any greedy)."""
-    out = np.empty(len(features), dtype=np.float64)
-    for idx in gain_batches(features.lengths, max_tokens):
-        out[idx] = to_numpy(gains(padded(features, idx, device), None, ridge))
-    return out
+from infosift.select.incremental import GreedyState
+from infosift.select.logdet import first_gains
+from infosift.select.stochastic import check_epsilon, stochastic_greedy
 
 
 def lazy_greedy(
@@ -117,24 +98,18 @@ def lazy_greedy(
             chosen_gains.append(state.add(top))
             left -= int(costs[top])
             step += 1
-    info = {
-        "n_gain_evals": state.n_full + state.n_incremental,
-        "n_incremental": state.n_incremental,
-        "first_pass_s": t_first,
-        "total_s": time.perf_counter() - t0,
-        "device": device,
-        "logdet_final": state.logdet(),
-    }
+    info = {**state.summary(), "first_pass_s": t_first, "total_s": time.perf_counter() - t0, "device": device}
     return np.asarray(chosen, dtype=np.int64), np.asarray(chosen_gains), info
 
 
 def knapsack_greedy(
-    features: TokenFeatures, budget: int, unit: str = "examples", **greedy_params
+    features: TokenFeatures, budget: int, unit: str = "examples", greedy: Callable | None = None, **greedy_params
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """CELF under the budget: the better of the plain-gain and the gain / cost lazy greedy."""
+    """CELF under the budget: the better of the plain-gain and the gain / cost greedy (lazy_greedy unless given)."""
     costs = check_budget(features, budget, unit)
     finite_or_error(features)
-    idx, g, info = best_of_two(lambda ratio: lazy_greedy(features, costs, budget, ratio, **greedy_params), costs)
+    greedy = greedy or lazy_greedy  # looked up per call: tests spy on it
+    idx, g, info = best_of_two(lambda ratio: greedy(features, costs, budget, ratio, **greedy_params), costs)
     return idx, g, {**info, **budget_info(costs, idx, budget, unit)}
 
 
@@ -176,7 +151,9 @@ def reweighted(features: TokenFeatures, weighting: str) -> TokenFeatures:
 class FisherSFT:
     """Greedy D-optimal sentence selection on (optionally information-weighted) token embeddings.
 
-    Deterministic: the seed is not used. An example budget = N returns all, in greedy order.
+    ``epsilon=None`` (the default): the exact lazy greedy, deterministic, the seed unused. ``epsilon`` in
+    (0, 1): the stochastic greedy (select/stochastic.py), each step the best of a random sample drawn
+    with the seed, (1 - 1/e - epsilon) in expectation. An example budget = N returns all, in greedy order.
     """
 
     deterministic = True
@@ -188,11 +165,14 @@ class FisherSFT:
         batch: int = 16,
         refactor_every: int = 50,
         device: str | None = None,
+        epsilon: float | None = None,
     ) -> None:
         if weighting not in WEIGHTINGS:
             raise SelectionError(f"fishersft weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
         self.ridge, self.weighting = ridge, weighting
         self.batch, self.refactor_every, self.device = batch, refactor_every, device
+        self.epsilon = check_epsilon(epsilon)
+        self.deterministic = self.epsilon is None  # the pipeline selects once, or once per seed
 
     def select(
         self, features: TokenFeatures, budget: int, seed: int = 0, targets=None, scores=None, unit: str = "examples"
@@ -200,5 +180,6 @@ class FisherSFT:
         check_budget(features, budget, unit)
         finite_or_error(features)
         feats = reweighted(features, self.weighting)
-        idx, g, info = knapsack_greedy(feats, budget, unit, **greedy_params(self))
+        greedy = None if self.epsilon is None else partial(stochastic_greedy, epsilon=self.epsilon, seed=seed)
+        idx, g, info = knapsack_greedy(feats, budget, unit, greedy, **greedy_params(self))
         return SelectionResult(indices=idx, gains=g, info={**info, "weighting": self.weighting})

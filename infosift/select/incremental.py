@@ -24,16 +24,12 @@ import torch
 from scipy.linalg.blas import dtrmm
 
 from infosift.features import TokenFeatures
-from infosift.select.logdet import add_identity, inverse_spd, logdet_spd, namespace, padded
+from infosift.select.logdet import add_identity, inverse_spd, logdet_spd, namespace, padded, to_numpy
 
 
 def eye(d: int, device: str):
     """float64 identity: numpy on CPU, torch elsewhere (see logdet.py for why)."""
     return np.eye(d) if device == "cpu" else torch.eye(d, dtype=torch.float64, device=device)
-
-
-def to_numpy(a) -> np.ndarray:
-    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
 def woodbury_factor(vinv, x) -> tuple[object, float]:
@@ -150,3 +146,8 @@ class GreedyState:
 
     def logdet(self) -> float:
         return float(np.linalg.slogdet(to_numpy(self.v))[1])
+
+    def summary(self) -> dict:
+        """What a greedy run on this state cost and reached, for its info."""
+        n_evals = self.n_full + self.n_incremental
+        return {"n_gain_evals": n_evals, "n_incremental": self.n_incremental, "logdet_final": self.logdet()}

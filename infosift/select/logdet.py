@@ -23,6 +23,10 @@ def namespace(a) -> object:
     return torch if isinstance(a, torch.Tensor) else np
 
 
+def to_numpy(a) -> np.ndarray:
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
 def padded(features: TokenFeatures, idx: np.ndarray, device: str):
     """(B, M_max, d) float64 batch of the sentences idx, zero-padded to the longest of them."""
     lengths = features.lengths[idx]
@@ -60,3 +64,28 @@ def inverse_spd(v):
     """V^-1 from scratch (the periodic refactorization that stops Woodbury drift)."""
     inv = namespace(v).linalg.inv(v)
     return 0.5 * (inv + inv.T)
+
+
+def gain_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Split all sentences, shortest first, into batches of at most max_tokens padded rows X_i each.
+
+    For the first gain pass only (logdet.padded pads each batch to its longest sentence; an empty
+    sentence still takes a row). Not embed.length_batches, which packs token sequences longest first.
+    """
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop - start + 1) * max(int(lengths[order[stop]]), 1) <= max_tokens:
+            stop += 1
+        batches.append(order[start:stop])
+        start = stop
+    return batches
+
+
+def first_gains(features: TokenFeatures, ridge: float, device: str, max_tokens: int = 32768) -> np.ndarray:
+    """All gains against V = ridge * I in one batched, bounded-memory pass (the floor of any greedy)."""
+    out = np.empty(len(features), dtype=np.float64)
+    for idx in gain_batches(features.lengths, max_tokens):
+        out[idx] = to_numpy(gains(padded(features, idx, device), None, ridge))
+    return out
