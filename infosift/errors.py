@@ -30,3 +30,7 @@ class FeaturesError(InfosiftError):
 
 class ContaminationError(InfosiftError):
     """A contamination that cannot be applied (bad share, seed or mode; an altered record equal to a clean one)."""
+
+
+class JudgeError(InfosiftError):
+    """A judge that cannot give a verdict (server unreachable, rejected request, unreadable reply); names the URL."""

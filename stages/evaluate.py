@@ -3,7 +3,9 @@
 Writes results/evaluate/<name>/metrics.json (pooled numbers) and per_example.jsonl (one held-out NLL
 line per scored test record: {"id", "nll_sum", "n_tokens"}).
 
-'base' is the un-tuned reference. The judged suite reads MT-Bench from download.mirror_dir.
+'base' is the un-tuned reference. The judged suite reads MT-Bench from download.mirror_dir; with
+judge: api it asks an OpenAI-compatible server and caches the replies in .cache/judge/ (the key stays in
+the environment variable judge_api_key_env names).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from pathlib import Path
 
 from infosift.data import mt_bench_files, read_records
 from infosift.errors import DataError
-from infosift.evaluate import gsm8k_lm_eval, heldout_nll, mt_bench_judged
+from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judged
 from infosift.evaluate.gsm8k import write_task_file
 from stages._common import StageError, atomic_output, check_keys, check_param, params, run
 from stages.model import base_model_dir, trust_remote_code
+
+MT_BENCH_KEYS = {"limit", "judge", "judge_model", "judge_base_url", "judge_api_key_env", "max_new_tokens", "batch_size"}
+JUDGE_CACHE = ".cache/judge"  # API judge replies by request hash: a rerun pays nothing (not a DVC output)
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +37,7 @@ def main(argv: list[str]) -> None:
         cfg = check_param(p.get(suite) or {}, f"evaluate.{suite}", dict)
         check_param(cfg.get("limit", 0), f"evaluate.{suite}.limit", int, low=0)
     mt = p.get("mt_bench") or {}
-    check_param(mt.get("judge", "overlap"), "evaluate.mt_bench.judge", str, choices=("overlap", "local"))
+    check_mt_bench(mt)
     model_dir = base_model_dir()[0] if name == "base" else Path("models") / name
     if not (Path(model_dir) / "config.json").exists():
         raise StageError(f"no model at {model_dir}; run its finetune stage first")
@@ -78,6 +83,18 @@ def write_per_example(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps({k: r[k] for k in ("id", "nll_sum", "n_tokens")}) + "\n" for r in rows))
 
 
+def check_mt_bench(mt: dict) -> None:
+    """The judge settings, checked before any model runs; an API judge needs a URL and a model name."""
+    check_keys(mt, "evaluate.mt_bench", MT_BENCH_KEYS)
+    judge = check_param(mt.get("judge", "overlap"), "evaluate.mt_bench.judge", str, choices=tuple(JUDGES))
+    if judge == "api":
+        check_param(mt.get("judge_base_url"), "evaluate.mt_bench.judge_base_url", str)
+        model = check_param(mt.get("judge_model"), "evaluate.mt_bench.judge_model", str)
+        if model == "base":
+            raise StageError("params.yaml evaluate.mt_bench.judge_model: judge=api needs the server's model name")
+        check_param(mt.get("judge_api_key_env", "OPENAI_API_KEY"), "evaluate.mt_bench.judge_api_key_env", str)
+
+
 def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: bool) -> dict:
     """MT-Bench first turns scored by the configured judge; 'base' as judge model = the base model."""
     try:
@@ -87,6 +104,10 @@ def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: b
     judge, judge_model = mt.get("judge", "overlap"), mt.get("judge_model", "base")
     if judge == "local" and judge_model == "base":
         judge_model = str(base_model_dir()[0])  # resolved only when a local judge needs it
+    options = {}
+    if judge == "api":  # the key itself is read from the environment by the judge, never from here
+        options = {"base_url": mt["judge_base_url"], "model": judge_model, "cache_dir": JUDGE_CACHE,
+                   "api_key_env": mt.get("judge_api_key_env", "OPENAI_API_KEY")}  # fmt: skip
     res = mt_bench_judged(
         model_dir,
         str(files.questions),
@@ -94,6 +115,7 @@ def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: b
         str(files.judge_prompts),
         judge=judge,
         judge_model_dir=judge_model if judge == "local" else None,
+        judge_options=options,
         limit=int(mt["limit"]),
         max_new_tokens=int(mt.get("max_new_tokens", 256)),
         batch_size=int(mt.get("batch_size", 4)),

@@ -306,25 +306,6 @@ def test_overlap_rating():
     assert token_f1("answer is 42", "The answer is 41") == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
 
 
-@pytest.fixture
-def mt_files(tmp_path):
-    """Two MT-Bench-shaped questions (one with a reference) and the two single-answer judge prompts."""
-    q = [
-        {"question_id": 1, "category": "writing", "turns": ["what is the answer ?", "more ?"]},
-        {"question_id": 2, "category": "math", "turns": ["how many apples does tom have ?", "more ?"]},
-        {"question_id": 3, "category": "math", "turns": ["what is 3 plus 4 ?", "more ?"]},
-    ]
-    refs = [{"question_id": 2, "choices": [{"turns": ["tom has 5 apples", "x"]}]}]
-    prompts = [
-        {"name": "single-v1", "prompt_template": "[Q]{question}[A]{answer}"},
-        {"name": "single-math-v1", "prompt_template": "[Q]{question}[R]{ref_answer_1}[A]{answer}"},
-    ]
-    paths = {}
-    for name, rows in (("q", q), ("r", refs), ("p", prompts)):
-        paths[name] = str(write_jsonl(tmp_path / f"{name}.jsonl", rows))
-    return paths
-
-
 def test_mt_bench_judged_with_fake_judge(tiny_model_dir, mt_files, tmp_path):
     seen = []
 

@@ -1,11 +1,12 @@
-"""MT-Bench-style judged suite, offline: first-turn answers scored 1..10 by a pluggable judge.
+"""MT-Bench-style judged suite: first-turn answers scored 1..10 by a pluggable judge.
 
-Not MT-Bench: no GPT-4 judge, first turns only, and the default judge is a small local
-model, so scores are only comparable between runs that share judge, questions and limit.
-Three judges, one protocol (judge prompt text -> rating or None when unparseable):
-- LocalJudge: a local HF chat model given MT-Bench's own single-answer judge prompt;
-- any callable (tests, or a stronger judge when one is available);
-- overlap_rating: token-F1 against the GPT-4 reference, 1 + 9*F1, where a reference exists.
+Not MT-Bench: first turns only, and the judge is rarely GPT-4, so scores are only
+comparable between runs that share judge, questions and limit. Judges by name (JUDGES, lm-eval style),
+each turning a batch of Items into ratings (None when unparseable):
+- "overlap": token-F1 against the GPT-4 reference, 1 + 9*F1, where a reference exists;
+- "local": LocalJudge, a local HF chat model given MT-Bench's own single-answer judge prompt;
+- "api": ApiJudge (judge_api.py), an OpenAI-compatible server given the same prompt, as FastChat asks GPT-4;
+and any callable judge prompt -> rating (tests, or a judge of your own).
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from infosift.atomic import atomic_write_text
 from infosift.data import read_records
 from infosift.evaluate.hf import greedy_chat, load_causal_lm
 
-LABEL = "MT-Bench-style (first turn, offline judge), not comparable to published MT-Bench"
+LABEL = "MT-Bench-style (first turn, own judge), not comparable to published MT-Bench"
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")  # MT-Bench judges these against a reference
 
-Judge = Callable[[str], float | None]
+Judge = Callable[[str], float | None]  # judge prompt -> rating, or None when unparseable
 
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _WORD = re.compile(r"\w+")
@@ -97,6 +100,112 @@ class LocalJudge:
         return self.judge_many([prompt])[0]
 
 
+class Item(NamedTuple):
+    """What a judge may read of one answer: MT-Bench's judge prompt, the answer, the GPT-4 reference if any."""
+
+    prompt: str
+    answer: str
+    reference: str | None
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """What mt_bench_judged knows that any judge may use; a judge's own options come as keywords."""
+
+    model_dir: str | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 4
+    device: str | None = None
+    trust_remote_code: bool = False
+
+
+class BatchJudge:
+    """A judge as mt_bench_judged runs it: a name for the metrics, one batch verb, the raw replies if any."""
+
+    def __init__(self, name: str, score: Callable[[list[Item]], tuple[list[float | None], list[str] | None]]):
+        self.name, self._score = name, score
+        self.replies: list[str] | None = None
+
+    def judge_many(self, items: list[Item]) -> list[float | None]:
+        scores, self.replies = self._score(items)
+        return scores
+
+
+JUDGES: dict[str, Callable[..., BatchJudge]] = {}
+
+
+def register_judge(name: str) -> Callable:
+    """Decorator: a factory (settings: JudgeSettings, **options) -> BatchJudge, looked up by name."""
+
+    def add(factory: Callable[..., BatchJudge]) -> Callable[..., BatchJudge]:
+        JUDGES[name] = factory
+        return factory
+
+    return add
+
+
+def get_judge(judge: Judge | str, settings: JudgeSettings | None = None, **options) -> BatchJudge:
+    """The named judge built from settings and its own options, or a callable on judge prompts.
+
+    Built before any answer is generated, so a misconfigured judge fails before the expensive part.
+    """
+    if callable(judge):
+        name = getattr(judge, "__name__", type(judge).__name__)
+        return BatchJudge(name, lambda items: ([judge(i.prompt) for i in items], None))
+    if judge not in JUDGES:
+        raise ValueError(f"unknown judge {judge!r}: use one of {', '.join(sorted(JUDGES))} or a callable")
+    return JUDGES[judge](settings or JudgeSettings(), **options)
+
+
+@register_judge("overlap")
+def overlap_judge(settings: JudgeSettings) -> BatchJudge:
+    """Model-free: 1 + 9 * token-F1 against the GPT-4 reference; unscored where there is none."""
+
+    def score(items: list[Item]) -> tuple[list[float | None], None]:
+        return [overlap_rating(i.answer, i.reference) if i.reference is not None else None for i in items], None
+
+    return BatchJudge("overlap", score)
+
+
+@register_judge("local")
+def local_judge(settings: JudgeSettings) -> BatchJudge:
+    """LocalJudge on settings.model_dir, loaded only when judging starts (the answering model is gone by then)."""
+    if settings.model_dir is None:
+        raise ValueError("judge='local' needs judge_model_dir (a local HF chat model)")
+
+    def score(items: list[Item]) -> tuple[list[float | None], list[str]]:
+        s = settings
+        judge = LocalJudge(s.model_dir, s.max_new_tokens, s.batch_size, s.device, s.trust_remote_code)
+        return judge.judge_many([i.prompt for i in items]), judge.replies
+
+    return BatchJudge(f"local:{settings.model_dir}", score)
+
+
+@register_judge("api")
+def api_judge(
+    settings: JudgeSettings,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    cache_dir: str | None = None,
+    **client: object,
+) -> BatchJudge:
+    """ApiJudge on an OpenAI-compatible server; the key is read from $api_key_env, never passed around.
+
+    ``client``: further ApiJudge arguments (max_tokens, timeout, delays, sleep).
+    """
+    from infosift.evaluate.judge_api import ApiJudge  # here: judge_api imports parse_rating from this module
+
+    if base_url is None or model is None:
+        raise ValueError("judge='api' needs judge_options base_url and model")
+    judge = ApiJudge(base_url, model, api_key_env, cache_dir, **client)
+
+    def score(items: list[Item]) -> tuple[list[float | None], list[str]]:
+        return judge.judge_many([i.prompt for i in items]), judge.replies
+
+    return BatchJudge(judge.name, score)
+
+
 def _means(scores: list[float | None], categories: list[str]) -> tuple[float | None, dict[str, float]]:
     """Overall and per-category means over the scored (non-None) items."""
     by_cat: dict[str, list[float]] = defaultdict(list)
@@ -115,6 +224,7 @@ def mt_bench_judged(
     judge_prompts_path: str,
     judge: Judge | str = "local",
     judge_model_dir: str | None = None,
+    judge_options: dict | None = None,
     limit: int | None = None,
     max_new_tokens: int = 256,
     judge_max_new_tokens: int = 256,
@@ -125,13 +235,14 @@ def mt_bench_judged(
 ) -> dict:
     """Answer `limit` MT-Bench first turns (spread over categories) with model_dir, then score every answer.
 
-    judge: "local" (LocalJudge on judge_model_dir), "overlap" (reference F1 only) or a callable.
+    judge: a name in JUDGES ("local": LocalJudge on judge_model_dir; "overlap": reference F1 only; "api": an
+    OpenAI-compatible server, judge_options base_url, model, api_key_env, cache_dir) or a callable.
     The overlap score is always reported too, on the questions that have a GPT-4 reference.
     The three paths are infosift.data.mt_bench_files(mirror_dir); ``trust_remote_code`` covers both the
     answering model and a local judge.
     """
-    if judge == "local" and judge_model_dir is None:
-        raise ValueError("judge='local' needs judge_model_dir (a local HF chat model)")
+    settings = JudgeSettings(judge_model_dir, judge_max_new_tokens, batch_size, device, trust_remote_code)
+    batch_judge = get_judge(judge, settings, **(judge_options or {}))
     questions = spread_over_categories(read_records(questions_path), limit)
     refs = {r["question_id"]: r["choices"][0]["turns"][0] for r in read_records(reference_path)}
     templates = {t["name"]: t for t in read_records(judge_prompts_path)}
@@ -140,23 +251,13 @@ def mt_bench_judged(
     answers = greedy_chat(model, tokenizer, [q["turns"][0] for q in questions], max_new_tokens, batch_size, "answer")
     del model
 
-    prompts = [
-        judge_prompt(templates, q, a, refs.get(q["question_id"])) for q, a in zip(questions, answers, strict=True)
-    ]
-    overlap = [
-        overlap_rating(a, refs[q["question_id"]]) if q["question_id"] in refs else None
+    items = [
+        Item(judge_prompt(templates, q, a, refs.get(q["question_id"])), a, refs.get(q["question_id"]))
         for q, a in zip(questions, answers, strict=True)
     ]
-    judge_name, judge_replies = _judge_name(judge, judge_model_dir), None
-    if judge == "overlap":
-        scores = overlap
-    elif judge == "local":
-        local = LocalJudge(judge_model_dir, judge_max_new_tokens, batch_size, device, trust_remote_code)
-        scores, judge_replies = local.judge_many(prompts), local.replies
-    elif callable(judge):
-        scores = [judge(p) for p in prompts]
-    else:
-        raise ValueError(f"unknown judge {judge!r}: use 'local', 'overlap' or a callable")
+    prompts = [i.prompt for i in items]
+    overlap = JUDGES["overlap"](settings).judge_many(items)
+    scores, judge_replies = batch_judge.judge_many(items), batch_judge.replies
 
     categories = [q["category"] for q in questions]
     overall, per_category = _means(scores, categories)
@@ -165,7 +266,7 @@ def mt_bench_judged(
         _write_log(out_dir, questions, answers, prompts, scores, overlap, judge_replies)
     return {
         "label": LABEL,
-        "judge": judge_name,
+        "judge": batch_judge.name,
         "n": len(questions),
         "n_scored": sum(s is not None for s in scores),
         "overall": overall,
@@ -174,14 +275,6 @@ def mt_bench_judged(
         "overlap_per_category": overlap_per_category,
         "n_overlap": sum(s is not None for s in overlap),
     }
-
-
-def _judge_name(judge: Judge | str, judge_model_dir: str | None) -> str:
-    if judge == "local":
-        return f"local:{judge_model_dir}"
-    if isinstance(judge, str):
-        return judge
-    return getattr(judge, "__name__", type(judge).__name__)
 
 
 def _write_log(out_dir, questions, answers, prompts, scores, overlap, judge_replies) -> Path:
