@@ -30,6 +30,7 @@ def fake_dvc(tmp_path, monkeypatch, prefect_api):
     script.write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> {log}\n'
+        'if [ "$1" = "status" ]; then exit "${FAKE_DVC_STATUS:-1}"; fi\n'
         "echo \"Running stage '$2'\"\n"
         'if [ "$2" = "$FAKE_DVC_FAIL" ]; then echo "boom" >&2; exit 3; fi\n'
     )
@@ -41,13 +42,26 @@ def fake_dvc(tmp_path, monkeypatch, prefect_api):
 
 def test_flow_runs_each_stage_in_order(fake_dvc):
     assert fp.main(["--stages", "download", "select", "compare"]) == 0
-    assert fake_dvc.read_text().splitlines() == ["repro download", "repro select", "repro compare"]
+    calls = fake_dvc.read_text().splitlines()
+    assert calls == ["status --quiet download select compare", "repro download", "repro select", "repro compare"]
+
+
+def test_up_to_date_workspace_costs_one_status_check(fake_dvc, monkeypatch):
+    monkeypatch.setenv("FAKE_DVC_STATUS", "0")
+    assert fp.main(["--stages", "download", "select", "compare"]) == 0
+    assert fake_dvc.read_text().splitlines() == ["status --quiet download select compare"]
+
+
+def test_force_skips_the_status_check(fake_dvc, monkeypatch):
+    monkeypatch.setenv("FAKE_DVC_STATUS", "0")
+    assert fp.main(["--stages", "compare", "--force"]) == 0
+    assert fake_dvc.read_text().splitlines() == ["repro compare --force --single-item"]
 
 
 def test_failing_stage_stops_the_flow_with_one_error_line(fake_dvc, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_DVC_FAIL", "select")
     assert fp.main(["--stages", "download", "select", "compare"]) == 1
-    assert fake_dvc.read_text().splitlines() == ["repro download", "repro select"]  # compare never ran
+    assert fake_dvc.read_text().splitlines()[1:] == ["repro download", "repro select"]  # compare never ran
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == ["error: dvc repro select failed with exit code 3"]
 
