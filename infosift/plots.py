@@ -1,4 +1,4 @@
-"""Figures of the sketch stage: the pairwise FisherSketch alignment of the target and source corpora."""
+"""Figures written by stages: the FisherSketch alignment heatmap, and a stand-in for a metric not computed."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def alignment_heatmap(names: list[str], mat: np.ndarray, path: str | Path) -> No
     fig.colorbar(im, ax=ax, label="head Fisher alignment (FisherSketch cosine)")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
+
+
+def not_computed(metric: str, path: str | Path, why: str = "its evaluate suite is off in params.yaml") -> None:
+    """A PNG saying ``metric`` was not computed in this run.
+
+    compare declares one plot per metric as a DVC output; a run with a suite switched off (GSM8K on the
+    evidence profile) must still write it, or DVC fails the stage after it did all its work.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 2))
+    fig.text(0.5, 0.5, f"{metric}: not computed in this run\n({why})", ha="center", va="center")
+    fig.savefig(path, format="png", dpi=100)

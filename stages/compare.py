@@ -20,6 +20,7 @@ import numpy as np
 from infosift.compare import plot_metric, results_table, to_markdown
 from infosift.data import read_records
 from infosift.evidence import ModelResult, evidence_table, plot_vs_tokens, verdict_lines
+from infosift.plots import not_computed
 from infosift.tracking import (
     VariantRun,
     base_run,
@@ -128,6 +129,8 @@ def main(argv: list[str]) -> None:
         for metric, lower in METRICS.items():
             if metric in df:
                 plot_metric(df, metric, tmp / f"{metric}.png", lower_is_better=lower)
+            else:
+                not_computed(metric, tmp / f"{metric}.png")
         summary = {r["variant"]: {m: r[m] for m in METRICS if m in r} for r in rows}
         report = [f"# Evidence: each selector against random at the same budget ({unit})\n"]
         frames = []
