@@ -31,7 +31,7 @@ from infosift.tracking import (
     numeric,
     variant_run,
 )
-from stages._common import StageError, atomic_output, params, run, variant_name
+from stages._common import StageError, atomic_output, check_keys, check_param, params, run, variant_name
 
 OUT = Path("results/compare")
 METRICS = {  # metric -> lower is better
@@ -116,10 +116,15 @@ def evidence(rows: list[dict], loss: str, n_boot: int, unit: str) -> tuple:
 
 def main(argv: list[str]) -> None:
     all_params = params()
+    cfg = all_params.get("compare") or {}
+    check_keys(cfg, "compare", {"bootstrap", "mlflow", "experiment", "log_models"})
+    check_param(cfg.get("bootstrap", 2000), "compare.bootstrap", int, low=100)
+    check_param(cfg.get("mlflow", True), "compare.mlflow", bool)
+    check_param(cfg.get("log_models", True), "compare.log_models", bool)
+    check_param(cfg.get("experiment", "infosift"), "compare.experiment", str)
     sel = all_params["select"]
     rows = variant_rows(all_params)
     df = results_table(rows)
-    cfg = all_params.get("compare", {})
     unit = sel.get("budget_unit", "examples")
     parent_metrics: dict[str, float] = {}
     with atomic_output(OUT) as tmp:

@@ -15,7 +15,7 @@ from infosift.data import load_mt_bench, read_records, subsample
 from infosift.models import load_model_and_tokenizer
 from infosift.plots import alignment_heatmap
 from infosift.sketch import alignment_matrix, rank_sources, sketch_corpus
-from stages._common import StageError, atomic_output, params, run
+from stages._common import StageError, atomic_output, check_keys, check_param, params, run
 from stages.model import base_model_dir
 
 OUT = Path("results/sketch")
@@ -35,6 +35,14 @@ def _records(path: str, max_records: int | None, seed: int) -> list[dict]:
 
 def main(argv: list[str]) -> None:
     p = params("sketch")
+    check_keys(p, "sketch", {"target", "sources", "m", "seed", "batch_size", "max_length", "max_records"})
+    check_param(p.get("target"), "sketch.target", str)
+    check_param(p.get("sources"), "sketch.sources", dict)
+    check_param(p.get("m", 4096), "sketch.m", int, low=1)
+    check_param(p.get("seed", 0), "sketch.seed", int, low=0)
+    check_param(p.get("batch_size", 8), "sketch.batch_size", int, low=1)
+    check_param(p.get("max_length", 384), "sketch.max_length", int, low=8)
+    check_param(p.get("max_records"), "sketch.max_records", int, low=1, allow_none=True)
     sources = p.get("sources") or {}
     if not p.get("target") or not sources:
         raise StageError("params.yaml sketch needs a target file and at least one source in sources")

@@ -235,3 +235,22 @@ def test_finetune_rejects_a_non_integer_seed(tmp_path):
 def test_evaluate_rejects_bad_params(tmp_path, evaluate, message):
     write_params(tmp_path, {"evaluate": evaluate})
     assert_one_error_line(run_stage(tmp_path, "stages.evaluate", "base"), message)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "stage", "message"),
+    [
+        (
+            "sketch",
+            {"target": "t.jsonl", "sources": {"a": "a.jsonl"}, "m": 0},
+            "stages.sketch",
+            "sketch.m: must be >= 1",
+        ),
+        ("sketch", {"target": "t.jsonl", "sources": ["a.jsonl"]}, "stages.sketch", "sketch.sources: must be a dict"),
+        ("compare", {"bootstrap": "many"}, "stages.compare", "compare.bootstrap: must be a whole number"),
+        ("compare", {"mlflow": "yes"}, "stages.compare", "compare.mlflow: must be a bool"),
+    ],
+)
+def test_sketch_and_compare_reject_bad_params(tmp_path, section, value, stage, message):
+    write_params(tmp_path, {section: value})
+    assert_one_error_line(run_stage(tmp_path, stage), message)
