@@ -16,9 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
-from prefect.runtime import flow_run
+# offline by default: the temporary server's telemetry only logs a failed DNS lookup here
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NONE  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
