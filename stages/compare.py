@@ -16,6 +16,7 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from infosift.compare import plot_metric, results_table, to_markdown
 from infosift.data import read_records
@@ -103,15 +104,42 @@ def evidence(rows: list[dict], loss: str, n_boot: int, unit: str) -> tuple:
         test_ids, num, den = per_example(row["variant"], test_ids)
         results.append(ModelResult(row["selector"], row["budget"], row["seed"], row["train_tokens"], num, den))
     df = evidence_table(results, lower_is_better=True, n_boot=n_boot, seed=0)
-    share = {(r["selector"], r["budget"]): [] for r in rows if "contaminated_share" in r}
+    share: dict[tuple, list[float]] = {}
     for r in rows:
         if "contaminated_share" in r and r["loss"] == loss:
-            share[(r["selector"], r["budget"])].append(r["contaminated_share"])
+            share.setdefault((r["selector"], r["budget"]), []).append(r["contaminated_share"])
     if share:
         df["contaminated_share"] = [
             float(np.mean(share.get((s, b), [np.nan]))) for s, b in zip(df["selector"], df["budget"], strict=True)
         ]
     return df, verdict_lines(df, metric_name="NLL", budget_unit=unit), results
+
+
+def write_evidence(out: Path, rows: list[dict], all_params: dict, n_boot: int, unit: str) -> dict[str, float]:
+    """evidence.md / evidence.csv / nll_vs_tokens*.png into ``out``; returns the MLflow parent-run metrics."""
+    sel, losses = all_params["select"], all_params["finetune"]["losses"]
+    report = [f"# Evidence: each selector against random at the same budget ({unit})\n"]
+    frames, metrics = [], {}
+    if "random" not in sel["run"]:
+        report.append("No `random` variant in select.run: nothing to compare against.\n")
+        not_computed("evidence", out / "nll_vs_tokens.png", why="no random variant in select.run")
+    for loss in losses if "random" in sel["run"] else []:
+        ev, lines, results = evidence(rows, loss, n_boot, unit)
+        frames.append(ev.assign(loss=loss))
+        report += [f"\n## loss: {loss}\n\n", to_markdown(ev), "\n"] + [f"- {line}\n" for line in lines]
+        plot_vs_tokens(results, out / ("nll_vs_tokens.png" if loss == losses[0] else f"nll_vs_tokens_{loss}.png"))
+        for r in ev.to_dict("records"):
+            if r["verdict"] != "reference":
+                key = f"evidence.{r['selector']}-{r['budget']}-{loss}"
+                metrics |= {f"{key}.{m}": r[m] for m in ("rel_pct", "rel_lo_pct", "rel_hi_pct", "seeds_won")}
+    if frames:
+        report.append(
+            f"\nIntervals: paired bootstrap over seeds and test examples ({n_boot} replicates, seed 0); "
+            f"seeds {sel.get('seeds', [0])}.\n"
+        )
+    (out / "evidence.md").write_text("".join(report))
+    (out / "evidence.csv").write_text(pd.concat(frames).to_csv(index=False) if frames else "")
+    return metrics
 
 
 def main(argv: list[str]) -> None:
@@ -126,7 +154,6 @@ def main(argv: list[str]) -> None:
     rows = variant_rows(all_params)
     df = results_table(rows)
     unit = sel.get("budget_unit", "examples")
-    parent_metrics: dict[str, float] = {}
     with atomic_output(OUT) as tmp:
         tmp.mkdir()
         df.to_csv(tmp / "table.csv", index=False)
@@ -137,38 +164,7 @@ def main(argv: list[str]) -> None:
             else:
                 not_computed(metric, tmp / f"{metric}.png")
         summary = {r["variant"]: {m: r[m] for m in METRICS if m in r} for r in rows}
-        report = [f"# Evidence: each selector against random at the same budget ({unit})\n"]
-        frames = []
-        if "random" not in sel["run"]:
-            report.append("No `random` variant in select.run: nothing to compare against.\n")
-        else:
-            for loss in all_params["finetune"]["losses"]:
-                ev, lines, results = evidence(rows, loss, int(cfg.get("bootstrap", 2000)), unit)
-                ev.insert(0, "loss", loss)
-                frames.append(ev)
-                report += [f"\n## loss: {loss}\n\n", to_markdown(ev.drop(columns=["loss"])), "\n"]
-                report += [f"- {line}\n" for line in lines]
-                first = loss == all_params["finetune"]["losses"][0]
-                plot_vs_tokens(results, tmp / ("nll_vs_tokens.png" if first else f"nll_vs_tokens_{loss}.png"))
-                for r in ev.to_dict("records"):
-                    if r["verdict"] == "reference":
-                        continue
-                    key = f"evidence.{r['selector']}-{r['budget']}-{loss}"
-                    parent_metrics |= {f"{key}.rel_pct": r["rel_pct"], f"{key}.rel_lo_pct": r["rel_lo_pct"]}
-                    parent_metrics |= {f"{key}.rel_hi_pct": r["rel_hi_pct"], f"{key}.seeds_won": r["seeds_won"]}
-            report.append(
-                "\nIntervals: paired bootstrap over seeds and test examples "
-                f"({int(cfg.get('bootstrap', 2000))} replicates, seed 0); seeds {sel.get('seeds', [0])}.\n"
-            )
-        (tmp / "evidence.md").write_text("".join(report))
-        if frames:
-            import pandas as pd
-
-            pd.concat(frames).to_csv(tmp / "evidence.csv", index=False)
-        else:
-            (tmp / "evidence.csv").write_text("")
-        if not (tmp / "nll_vs_tokens.png").exists():
-            plot_metric(df, "nll_per_token", tmp / "nll_vs_tokens.png", lower_is_better=True)
+        parent_metrics = write_evidence(tmp, rows, all_params, int(cfg.get("bootstrap", 2000)), unit)
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(to_markdown(df))
     print((OUT / "evidence.md").read_text())
