@@ -25,11 +25,15 @@ SUFFIXES = (".jsonl", ".json", ".parquet")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where a named dataset lives and which fields hold the prompt and the response."""
+    """Where a named dataset lives and which fields hold the prompt and the response.
+
+    Fields left None are recognised per row (see FIELD_PAIRS and chat `messages`), so a new dataset in
+    a common SFT layout needs only its name and files, not code.
+    """
 
     name: str
-    prompt_field: str = "prompt"
-    response_field: str = "response"
+    prompt_field: str | None = None
+    response_field: str | None = None
     hub_id: str | None = None
     hub_config: str | None = None
 
@@ -38,10 +42,28 @@ DATASETS: dict[str, DatasetSpec] = {
     "gsm8k": DatasetSpec("gsm8k", "question", "answer", hub_id="openai/gsm8k", hub_config="main"),
 }
 
+# (prompt, response) field names of common SFT layouts, tried in order when a spec names none.
+# Alpaca-style rows also carry an optional `input` that is appended to the instruction.
+FIELD_PAIRS = (
+    ("prompt", "response"),
+    ("prompt", "completion"),
+    ("question", "answer"),
+    ("instruction", "output"),
+    ("instruction", "response"),
+    ("query", "response"),
+    ("input", "output"),
+    ("problem", "solution"),
+)
+CHAT_FIELDS = ("messages", "conversations")
 
-def dataset_spec(name: str) -> DatasetSpec:
-    """A registered dataset, or a generic one whose files carry `prompt` and `response` fields."""
-    return DATASETS.get(name, DatasetSpec(name))
+
+def dataset_spec(name: str, prompt_field: str | None = None, response_field: str | None = None) -> DatasetSpec:
+    """A registered dataset, or a generic one; explicit field names override both."""
+    spec = DATASETS.get(name, DatasetSpec(name))
+    if prompt_field or response_field:
+        spec = DatasetSpec(name, prompt_field or spec.prompt_field, response_field or spec.response_field,
+                           spec.hub_id, spec.hub_config)
+    return spec
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -113,13 +135,45 @@ def record_id(prompt: str, response: str) -> str:
     return digest[:16]
 
 
+def _chat_pair(turns: object, where: str) -> tuple[object, object]:
+    """The first user turn and the assistant turn after it, from a chat list (OpenAI or ShareGPT keys)."""
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: a chat field must be a list of turns")
+    roles = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+    pairs = [(roles.get(str(t.get("role", t.get("from")))), t.get("content", t.get("value")))
+             for t in turns if isinstance(t, dict)]
+    for i, (role, text) in enumerate(pairs[:-1]):
+        if role == "user" and pairs[i + 1][0] == "assistant":
+            return text, pairs[i + 1][1]
+    raise DataError(f"{where}: the chat has no user turn followed by an assistant turn")
+
+
+def row_fields(row: dict, spec: DatasetSpec, where: str) -> tuple[tuple[str, object], tuple[str, object]]:
+    """((field, prompt), (field, response)) of a raw row: the spec's fields, else the first known layout it has."""
+    if not (spec.prompt_field or spec.response_field):
+        for chat in CHAT_FIELDS:
+            if chat in row:
+                prompt, response = _chat_pair(row[chat], f"{where}: field {chat!r}")
+                return (f"{chat}[user]", prompt), (f"{chat}[assistant]", response)
+    known = [p for p in FIELD_PAIRS if p[0] in row and p[1] in row] or [p for p in FIELD_PAIRS if p[0] in row]
+    p_field, r_field = known[0] if known else FIELD_PAIRS[0]
+    p_field, r_field = spec.prompt_field or p_field, spec.response_field or r_field
+    for field in (p_field, r_field):
+        if field not in row:
+            hint = "" if spec.prompt_field else " (set download.fields: {prompt: ..., response: ...})"
+            raise DataError(f"{where}: missing field {field!r} (has: {', '.join(sorted(row)) or 'none'}){hint}")
+    prompt = row[p_field]
+    extra = row.get("input") if p_field == "instruction" else None
+    if isinstance(prompt, str) and isinstance(extra, str) and extra.strip():
+        prompt = f"{prompt}\n\n{extra}"
+    return (p_field, prompt), (r_field, row[r_field])
+
+
 def normalize_row(row: dict, spec: DatasetSpec, path: Path, lineno: int) -> dict:
     """Map a raw row to {id, prompt, response, source}; a missing or non-string field is a DataError."""
     out = {}
-    for key, field in (("prompt", spec.prompt_field), ("response", spec.response_field)):
-        if field not in row:
-            raise DataError(f"{path}:{lineno}: missing field {field!r} (has: {', '.join(sorted(row)) or 'none'})")
-        value = row[field]
+    values = row_fields(row, spec, f"{path}:{lineno}")
+    for key, (field, value) in zip(("prompt", "response"), values, strict=True):
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{path}:{lineno}: field {field!r} must be a non-empty string")
         out[key] = normalize_text(value)

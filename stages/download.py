@@ -53,6 +53,7 @@ KNOWN = {
     "contaminate",
     "train_split",
     "test_split",
+    "fields",
 }
 
 
@@ -67,12 +68,18 @@ def checked_params() -> dict:
     check_param(p.get("target_size", 0), "download.target_size", int, low=0)
     check_param(p.get("test_size"), "download.test_size", int, low=1, allow_none=True)
     check_param(p.get("seed", 0), "download.seed", int, low=0)
+    fields = p.get("fields") or {}
+    check_param(fields, "download.fields", dict)
+    check_keys(fields, "download.fields", {"prompt", "response"})
+    for key, value in fields.items():
+        check_param(value, f"download.fields.{key}", str)
     return {"hub_cache": ".cache/datasets", "seed": 0, **p}
 
 
 def main(argv: list[str]) -> None:
     p = checked_params()
-    spec = dataset_spec(p["dataset"])
+    fields = p.get("fields") or {}
+    spec = dataset_spec(p["dataset"], fields.get("prompt"), fields.get("response"))
     train_path = locate(spec.name, p.get("train_split", "train"), p.get("mirror_dir"), p["hub_cache"])
     test_path = locate(spec.name, p.get("test_split", "test"), p.get("mirror_dir"), p["hub_cache"])
     train, train_dupes = load_file(train_path, spec)

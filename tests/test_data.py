@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from infosift.data import DataError, DatasetSpec, load_file, normalize_text, read_rows, record_id, subsample
+from infosift.data import (
+    DataError,
+    DatasetSpec,
+    dataset_spec,
+    load_file,
+    normalize_text,
+    read_rows,
+    record_id,
+    subsample,
+)
 
 SPEC = DatasetSpec("t", "question", "answer")
 
@@ -96,3 +105,49 @@ def test_mt_bench_files_name_the_missing_file(tmp_path):
         mt_bench_files(tmp_path)
     (root / "judge_prompts.jsonl").write_text("{}\n")
     assert mt_bench_files(tmp_path).judge_prompts == root / "judge_prompts.jsonl"
+
+
+# -- a new dataset needs no code: common SFT layouts are recognised per row --------------------------
+@pytest.mark.parametrize(
+    "row, prompt, response",
+    [
+        ({"prompt": "p", "response": "r"}, "p", "r"),
+        ({"question": "q", "answer": "a", "id": 3}, "q", "a"),
+        ({"instruction": "do", "input": "this", "output": "done"}, "do\n\nthis", "done"),
+        ({"instruction": "do", "input": "", "output": "done"}, "do", "done"),
+        ({"problem": "1+1", "solution": "2"}, "1+1", "2"),
+        ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
+                       {"role": "assistant", "content": "yo"}]}, "hi", "yo"),
+        ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}, "hi", "yo"),
+    ],
+)
+def test_generic_dataset_layouts(tmp_path, row, prompt, response):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (rec,), _ = load_file(path, dataset_spec("unseen"))
+    assert (rec["prompt"], rec["response"]) == (prompt, response)
+    assert rec["source"] == "unseen"
+
+
+def test_explicit_fields_override_the_layout(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": "a", "rationale": "because"}) + "\n")
+    (rec,), _ = load_file(path, dataset_spec("unseen", response_field="rationale"))
+    assert (rec["prompt"], rec["response"]) == ("q", "because")
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"text": "just text"}, r"missing field 'prompt' \(has: text\) \(set download.fields"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "no user turn followed by an assistant turn"),
+        ({"messages": "hi"}, "must be a list of turns"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+         r"field 'messages\[assistant\]' must be a non-empty string"),
+    ],
+)
+def test_unrecognised_layouts_are_one_clear_error(tmp_path, row, message):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=message):
+        load_file(path, dataset_spec("unseen"))
