@@ -34,3 +34,15 @@ class ContaminationError(InfosiftError):
 
 class JudgeError(InfosiftError):
     """A judge that cannot give a verdict (server unreachable, rejected request, unreadable reply); names the URL."""
+
+
+class TrackingError(InfosiftError):
+    """An MLflow tracking server that cannot be used (unreachable, refusing requests); names the URL, never a secret."""
+
+
+class ClusterError(InfosiftError):
+    """A Ray cluster that cannot be reached, or that lost work beyond its retries; names the address or the shard."""
+
+
+class RemoteError(InfosiftError):
+    """A DVC remote that cannot be used (unknown, unreachable, refusing the credentials); names its URL, never a key."""
