@@ -1,27 +1,42 @@
-"""MLflow lineage: one parent run per pipeline run, one nested run per selector variant.
+"""MLflow lineage: one parent run per pipeline run, one nested run per selector variant, datasets, models, registry.
 
 Logging happens once, at the end of the pipeline (the compare stage), from files DVC already
 tracks. That keeps it idempotent and honest about DVC's run-cache: a stage DVC restored without
 running still gets its metrics, manifest and model logged, with the md5 DVC recorded for them.
+The one exception is the loss curve, which finetune logs live (tracking_live.training_run); compare
+then takes that run in as the variant's nested run instead of logging the curve again.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
+import re
 import subprocess
+import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import yaml
 
-DEFAULT_EXPERIMENT = "infosift"
+from infosift.data import read_records
+from infosift.hashing import file_sha256
+from infosift.manifest import content_hash
+from infosift.tracking_live import (
+    DEFAULT_EXPERIMENT,
+    PARENT_TAG,
+    TRAIN_KEY_TAG,
+    connect,
+    find_training_run,
+    tracking_uri,
+    ui_url,
+)
 
+__all__ = ["DEFAULT_EXPERIMENT", "tracking_uri"]  # re-exported: their home is tracking_live
 
-def tracking_uri(root: str | Path = ".") -> str:
-    """MLFLOW_TRACKING_URI if set, else a SQLite file in the repo root (MLflow 3's default backend)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+CHAMPION_ALIAS = "champion"
+DIGEST_LEN = 32  # MLflow caps a dataset digest at 36 characters: the first 128 bits of the content sha256
 
 
 def git_commit(root: str | Path = ".") -> str:
@@ -50,6 +65,39 @@ def dvc_lock_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, dict[str, s
     return out
 
 
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset a run used, named by its content: MLflow lists it beside the run, ``sha256`` ties it to the bytes.
+
+    ``path`` is repo-relative (what `dvc pull` brings back at the run's git commit); ``kind`` says how to read it:
+    "records" (a JSONL of examples) or "selection" (a selection manifest: the chosen ids in order, with gains).
+    """
+
+    name: str
+    path: str
+    sha256: str
+    context: str  # pool | train | eval
+    kind: str = "records"
+
+    @property
+    def digest(self) -> str:
+        return self.sha256[:DIGEST_LEN]
+
+
+def download_datasets(dataset: str, root: str | Path = ".") -> dict[str, DatasetRef]:
+    """The pool and the test set download wrote, by the sha256 its manifest records (hashed here if it has none)."""
+    root = Path(root)
+    manifest_path = root / "data/download/manifest.json"
+    recorded = json.loads(manifest_path.read_text()).get("sha256", {}) if manifest_path.exists() else {}
+    refs = {}
+    for part, context in (("pool", "pool"), ("test", "eval")):
+        path = f"data/download/{part}.jsonl"
+        if part in recorded or (root / path).exists():
+            sha = recorded.get(part) or file_sha256(root / path)
+            refs[part] = DatasetRef(f"{dataset}-{part}", path, sha, context)
+    return refs
+
+
 @dataclass
 class VariantRun:
     """What one nested run holds."""
@@ -60,6 +108,8 @@ class VariantRun:
     tags: dict = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # artifact folder -> local file or dir
     step_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    datasets: list[DatasetRef] = field(default_factory=list)
+    model_dir: str | None = None  # an HF dir, logged with the mlflow.transformers flavor
 
 
 def lineage_tags(lock: dict[str, dict[str, str]], stages: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -72,7 +122,13 @@ def numeric(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def base_run(model: object, metrics: dict, root: str | Path = ".") -> VariantRun:
+def train_key(model_dir: str | Path) -> str | None:
+    """The content hash of what made a fine-tuned model (its infosift.json): the tag finetune's live run carries."""
+    path = Path(model_dir) / "infosift.json"
+    return content_hash(json.loads(path.read_text())) if path.exists() else None
+
+
+def base_run(model: object, metrics: dict, root: str | Path = ".", datasets: list[DatasetRef] = ()) -> VariantRun:
     """The nested run of the un-tuned base model: its ``model`` params and evaluate metrics."""
     return VariantRun(
         name="base",
@@ -80,6 +136,7 @@ def base_run(model: object, metrics: dict, root: str | Path = ".") -> VariantRun
         metrics=numeric(metrics),
         tags={"infosift.variant": "base"},
         artifacts={"metrics": str(Path(root) / "results/evaluate/base/metrics.json")},
+        datasets=list(datasets),
     )
 
 
@@ -90,15 +147,18 @@ def variant_run(
     finetune: dict,
     log_models: bool = True,
     root: str | Path = ".",
+    datasets: list[DatasetRef] = (),
 ) -> VariantRun:
     """The nested run of one fine-tuned model, from what select, finetune and evaluate wrote under ``root``.
 
     ``row`` is the model's compare row ("variant" = its name, "budget", "seed", "loss", and numeric metrics),
     ``select_name`` its selection (results/select/<select_name>); ``lock`` is dvc_lock_hashes(), whose md5s of the
-    select and finetune stages become dvc.md5.* tags; ``finetune`` is the training config, logged as params.
+    select and finetune stages become dvc.md5.* tags; ``finetune`` is the training config, logged as params;
+    ``datasets`` (pool, test set) come before the selection this model trained on.
     """
     root, name, seed, loss = Path(root), row["variant"], row["seed"], row["loss"]
-    manifest_path = root / "results/select" / select_name / f"seed-{seed}" / "manifest.json"
+    manifest_rel = f"results/select/{select_name}/seed-{seed}/manifest.json"
+    manifest_path = root / manifest_rel
     manifest = json.loads(manifest_path.read_text())
     # DVC names a matrix item by its values joined with '-': finetune@<variant>-<budget>-<seed>-<loss>
     lineage = lineage_tags(lock, (f"select@{select_name}", f"finetune@{select_name}-{seed}-{loss}"))
@@ -115,8 +175,9 @@ def variant_run(
         artifacts["per_example"] = str(evaluated / "per_example.jsonl")
     if (evaluated / "gsm8k_samples").exists():
         artifacts["gsm8k_samples"] = str(evaluated / "gsm8k_samples")
-    if log_models:
-        artifacts["model"] = str(root / "models" / name)
+    model_dir = root / "models" / name
+    key = train_key(model_dir)
+    selection = DatasetRef(f"{select_name}-s{seed}", manifest_rel, manifest["hash"], "train", kind="selection")
     return VariantRun(
         name=name,
         params={
@@ -133,11 +194,53 @@ def variant_run(
             "infosift.variant": name,
             "infosift.manifest_hash": manifest["hash"],
             "infosift.features_sha256": manifest["inputs"].get("features", ""),
+            **({TRAIN_KEY_TAG: key} if key else {}),
             **lineage,
         },
         artifacts=artifacts,
         step_metrics={"train_loss": curve},
+        datasets=[*datasets, selection],
+        model_dir=str(model_dir) if log_models else None,
     )
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The variant to register: best by ``metric`` in this pipeline run, under one registered model per dataset."""
+
+    variant: str
+    registered_name: str
+    metric: str
+    value: float
+
+
+def registered_model_name(dataset: str) -> str:
+    """One registered model per dataset: 'infosift-<dataset>' in the characters every registry accepts."""
+    return "infosift-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-") or "dataset")
+
+
+def pick_champion(rows: list[dict], metric: str, lower_is_better: bool, dataset: str) -> Champion | None:
+    """The fine-tuned row best by ``metric`` (first in row order on a tie); None when no fine-tuned row has it."""
+    scored = [
+        r
+        for r in rows
+        if r.get("selector") != "base" and isinstance(r.get(metric), int | float) and r[metric] == r[metric]
+    ]
+    if not scored:
+        return None
+    best = (min if lower_is_better else max)(scored, key=lambda r: r[metric])
+    return Champion(best["variant"], registered_model_name(dataset), metric, float(best[metric]))
+
+
+@dataclass(frozen=True)
+class Logged:
+    """Where a pipeline run landed: ids to print and to test against."""
+
+    run_id: str
+    experiment_id: str
+    url: str
+    models: dict[str, str]  # variant -> model uri (models:/<model id>)
+    champion_version: str | None = None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -160,32 +263,57 @@ def log_pipeline(
     experiment: str = DEFAULT_EXPERIMENT,
     root: str | Path = ".",
     metrics: dict[str, float] | None = None,
-) -> str:
-    """Log the parent run (with run-level ``metrics``, e.g. the evidence) and its nested variant runs."""
+    datasets: list[DatasetRef] = (),
+    uri: str | None = None,
+    champion: Champion | None = None,
+    trust_remote_code: bool = False,
+) -> Logged:
+    """Log the parent run (run-level ``metrics``, e.g. the evidence; ``datasets``) and its nested variant runs;
+    register ``champion``'s model, when it was logged, as a new version carrying the alias 'champion'.
+
+    A variant whose fine-tune logged its loss live (same train key, not yet taken in) reuses that run.
+    """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(root))
-    if mlflow.get_experiment_by_name(experiment) is None:
-        artifact_root = os.environ.get("INFOSIFT_MLFLOW_ARTIFACTS", str(Path(root).resolve() / "mlartifacts"))
-        mlflow.create_experiment(experiment, artifact_location=Path(artifact_root).as_uri())
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name) as parent:
+    uri = tracking_uri(root, uri)
+    client, exp_id = connect(uri, experiment, root)
+    mlflow.set_tracking_uri(uri)
+    read: dict[DatasetRef, object] = {}
+    models: dict[str, str] = {}
+    with mlflow.start_run(run_name=run_name, experiment_id=exp_id) as parent:
+        parent_id = parent.info.run_id
         mlflow.log_params({k: str(v)[:6000] for k, v in _flat(params).items()})
-        mlflow.set_tags(tags)
+        mlflow.set_tags(tags | ({"infosift.champion": champion.variant} if champion else {}))
         if metrics:
             mlflow.log_metrics({k: float(x) for k, x in metrics.items() if x is not None and x == x})
         _log_artifacts(artifacts)
+        _log_datasets(datasets, read, root)
         for v in variants:
-            with mlflow.start_run(run_name=v.name, nested=True):
+            key = v.tags.get(TRAIN_KEY_TAG)
+            live = find_training_run(client, exp_id, key) if key else None
+            if live is not None:
+                start = {"run_id": live.info.run_id, "tags": {PARENT_TAG: parent_id}}
+            else:
+                start = {"run_name": v.name, "experiment_id": exp_id}
+            with mlflow.start_run(nested=True, **start):
                 mlflow.log_params({k: str(x)[:6000] for k, x in _flat(v.params).items()})
                 mlflow.set_tags({**tags, **v.tags})
-                numeric = {k: float(x) for k, x in v.metrics.items() if isinstance(x, int | float)}
-                mlflow.log_metrics(numeric)
-                for key, series in v.step_metrics.items():
-                    for step, value in series:
-                        mlflow.log_metric(key, float(value), step=int(step))
+                mlflow.log_metrics({k: float(x) for k, x in v.metrics.items() if isinstance(x, int | float)})
+                for metric, series in v.step_metrics.items():
+                    if live is None:  # else the fine-tune logged it step by step already
+                        for step, value in series:
+                            mlflow.log_metric(metric, float(value), step=int(step))
                 _log_artifacts(v.artifacts)
-        return parent.info.run_id
+                _log_datasets(v.datasets, read, root)
+                if v.model_dir:
+                    models[v.name] = _log_transformers(v, trust_remote_code)
+        version = None
+        if champion is not None and champion.variant in models:
+            key = next((v.tags.get(TRAIN_KEY_TAG) for v in variants if v.name == champion.variant), None)
+            dataset = tags.get("infosift.dataset", "")
+            version = _register(client, champion, models[champion.variant], key, parent_id, dataset)
+            mlflow.set_tag("infosift.champion_version", version)
+    return Logged(parent_id, exp_id, ui_url(uri, exp_id), models, version)
 
 
 def _log_artifacts(artifacts: dict[str, str]) -> None:
@@ -197,3 +325,97 @@ def _log_artifacts(artifacts: dict[str, str]) -> None:
             mlflow.log_artifacts(str(p), artifact_path=folder)
         elif p.is_file():
             mlflow.log_artifact(str(p), artifact_path=folder)
+
+
+def _log_datasets(refs: list[DatasetRef], read: dict, root: str | Path) -> None:
+    """log_input each dataset; its digest is the content hash, the full sha256 rides along as an input tag.
+
+    MLflow stores a dataset's name, digest, source, schema and row count, never its rows: reading the file
+    here only gives the schema (each file read once per pipeline run, kept in ``read``).
+    """
+    import mlflow
+    import pandas as pd
+
+    for ref in refs:
+        if ref not in read:
+            path = Path(root) / ref.path
+            if ref.kind == "selection":
+                m = json.loads(path.read_text())
+                gains = m.get("gains") or [None] * len(m["ids"])
+                df = pd.DataFrame({"rank": range(len(m["ids"])), "id": m["ids"], "index": m["indices"], "gain": gains})
+            else:
+                df = pd.DataFrame(read_records(path))
+            with warnings.catch_warnings():  # MLflow's notes on its own choices (two local-file source classes; ints)
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+                read[ref] = mlflow.data.from_pandas(df, source=ref.path, name=ref.name, digest=ref.digest)
+        mlflow.log_input(read[ref], context=ref.context, tags={"sha256": ref.sha256})
+
+
+def _requirement(package: str) -> str:
+    try:
+        return f"{package}=={version(package).split('+')[0]}"
+    except PackageNotFoundError:
+        return package
+
+
+def _log_transformers(v: VariantRun, trust_remote_code: bool) -> str:
+    """Log the model as an mlflow.transformers text-generation model (loadable with mlflow.transformers.load_model);
+    returns its models:/ uri. Requirements are pinned here: MLflow's own guess imports torchvision, which the
+    project does not need."""
+    import mlflow
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    provenance_path = Path(v.model_dir) / "infosift.json"
+    provenance = json.loads(provenance_path.read_text()) if provenance_path.exists() else {}
+    card = ModelCard(
+        "---\nlibrary_name: transformers\ntags: [infosift]\n---\n"
+        f"# {v.name}\n\nFine-tuned by infosift from `{provenance.get('base_model', '?')}` on selection "
+        f"`{v.tags.get('infosift.manifest_hash', '?')}` ({provenance.get('n_train', '?')} examples, "
+        f"loss {v.params.get('loss_type', '?')}).\n"
+    )
+    components = {
+        "model": AutoModelForCausalLM.from_pretrained(v.model_dir, trust_remote_code=trust_remote_code),
+        "tokenizer": AutoTokenizer.from_pretrained(v.model_dir, trust_remote_code=trust_remote_code),
+    }
+    info = mlflow.transformers.log_model(
+        components,
+        name="model",
+        task="text-generation",
+        model_card=card,
+        pip_requirements=[_requirement(p) for p in ("transformers", "torch", "tokenizers")],
+        tags={"infosift.variant": v.name},
+    )
+    return info.model_uri
+
+
+def _register(client, champion: Champion, model_uri: str, key: str | None, parent_id: str, dataset: str) -> str:
+    """A new version of the dataset's registered model; the 'champion' alias moves to it, older versions stay.
+
+    When the current champion is the same fine-tune (same train key: a compare rerun for another reason),
+    its version stays the champion and no duplicate version is made.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(champion.registered_name, CHAMPION_ALIAS)
+    except MlflowException:  # no such registered model or alias yet
+        current = None
+    if current is not None and key and current.tags.get(TRAIN_KEY_TAG) == key:
+        return str(current.version)
+    mv = mlflow.register_model(
+        model_uri,
+        champion.registered_name,
+        tags={
+            "infosift.variant": champion.variant,
+            "infosift.champion_metric": champion.metric,
+            "infosift.champion_value": str(champion.value),
+            "infosift.pipeline_run": parent_id,
+            **({TRAIN_KEY_TAG: key} if key else {}),
+        },
+    )
+    client.set_registered_model_alias(champion.registered_name, CHAMPION_ALIAS, mv.version)
+    client.set_registered_model_tag(champion.registered_name, "infosift.dataset", dataset)
+    return str(mv.version)

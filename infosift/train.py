@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,13 @@ def finetune(
     cfg: TrainConfig,
     device: str | None = None,
     progress: bool = True,
+    on_step: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Train `model` on `records`, save an HF dir (merged if LoRA) to out_dir; return the loss history."""
+    """Train `model` on `records`, save an HF dir (merged if LoRA) to out_dir; return the loss history.
+
+    ``on_step`` gets each history entry ({step, epoch, loss, lr}) as soon as the step is done: a tracker can show
+    the curve while training runs (the stage passes an MLflow logger; the library knows nothing of it).
+    """
     from transformers import get_cosine_schedule_with_warmup
 
     if not records:
@@ -118,6 +124,8 @@ def finetune(
             opt.zero_grad(set_to_none=True)
             step += 1
             history.append({"step": step, "epoch": epoch, "loss": loss_sum, "lr": sched.get_last_lr()[0]})
+            if on_step is not None:
+                on_step(history[-1])
             bar.set_postfix(loss=f"{loss_sum:.4f}")
             bar.update(1)
     bar.close()

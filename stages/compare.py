@@ -23,15 +23,19 @@ from infosift.data import read_records
 from infosift.evidence import ModelResult, evidence_table, plot_vs_tokens, verdict_lines
 from infosift.plots import not_computed
 from infosift.tracking import (
+    Champion,
     VariantRun,
     base_run,
+    download_datasets,
     dvc_lock_hashes,
     git_commit,
     lineage_tags,
     log_pipeline,
     numeric,
+    pick_champion,
     variant_run,
 )
+from infosift.tracking_live import check_server, tracking_uri
 from stages._common import StageError, atomic_output, check_keys, check_param, params, run, variant_name
 
 OUT = Path("results/compare")
@@ -40,7 +44,7 @@ METRICS = {  # metric -> lower is better
     "gsm8k_exact_match_strict": False,
     "gsm8k_exact_match_flexible": False,
     "mt_bench_score": False,
-}
+}  # also the choices of compare.champion_metric: the registry's champion is best by one of them
 
 
 def load_metrics(name: str) -> dict:
@@ -142,16 +146,35 @@ def write_evidence(out: Path, rows: list[dict], all_params: dict, n_boot: int, u
     return metrics
 
 
+def check_compare_params(cfg: dict) -> None:
+    """compare's params, checked before anything is read or written."""
+    check_keys(cfg, "compare", {"bootstrap", "mlflow", "experiment", "log_models", "tracking_uri", "champion_metric"})
+    check_param(cfg.get("bootstrap", 2000), "compare.bootstrap", int, low=100)
+    check_param(cfg.get("mlflow", True), "compare.mlflow", bool)
+    log_models = cfg.get("log_models", True)
+    if not (isinstance(log_models, bool) or log_models == "champion"):
+        raise StageError(f"params.yaml compare.log_models: must be true, false or champion, got {log_models!r}")
+    check_param(cfg.get("experiment", "infosift"), "compare.experiment", str)
+    check_param(cfg.get("tracking_uri"), "compare.tracking_uri", str, allow_none=True)
+    check_param(cfg.get("champion_metric", "nll_per_token"), "compare.champion_metric", str, choices=tuple(METRICS))
+
+
 def main(argv: list[str]) -> None:
     all_params = params()
     cfg = all_params.get("compare") or {}
-    check_keys(cfg, "compare", {"bootstrap", "mlflow", "experiment", "log_models"})
-    check_param(cfg.get("bootstrap", 2000), "compare.bootstrap", int, low=100)
-    check_param(cfg.get("mlflow", True), "compare.mlflow", bool)
-    check_param(cfg.get("log_models", True), "compare.log_models", bool)
-    check_param(cfg.get("experiment", "infosift"), "compare.experiment", str)
+    check_compare_params(cfg)
+    if cfg.get("mlflow", True):  # an unreachable server is an error now, not after the evidence is computed
+        check_server(tracking_uri(".", cfg.get("tracking_uri")))
     sel = all_params["select"]
     rows = variant_rows(all_params)
+    champion = None
+    if cfg.get("mlflow", True) and cfg.get("log_models", True):
+        metric = cfg.get("champion_metric", "nll_per_token")
+        champion = pick_champion(rows, metric, METRICS[metric], all_params["download"]["dataset"])
+        if champion is None:
+            raise StageError(
+                f"params.yaml compare.champion_metric: no fine-tuned model has {metric}; did evaluate skip it?"
+            )
     df = results_table(rows)
     unit = sel.get("budget_unit", "examples")
     with atomic_output(OUT) as tmp:
@@ -168,17 +191,26 @@ def main(argv: list[str]) -> None:
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(to_markdown(df))
     print((OUT / "evidence.md").read_text())
+    if cfg.get("mlflow", True):
+        log_to_mlflow(rows, all_params, cfg, parent_metrics, champion)
 
-    if not cfg.get("mlflow", True):
-        return
+
+def log_to_mlflow(
+    rows: list[dict], all_params: dict, cfg: dict, parent_metrics: dict, champion: Champion | None
+) -> None:
+    """One parent run for this pipeline run, a nested run per model, datasets, models and the champion's version."""
     lock = dvc_lock_hashes()
+    dataset = all_params["download"]["dataset"]
     tags = {
         "git_commit": git_commit(),
-        "infosift.dataset": all_params["download"]["dataset"],
+        "infosift.dataset": dataset,
         "prefect.flow_run_id": os.environ.get("INFOSIFT_PIPELINE_RUN", ""),
         **lineage_tags(lock, ("download", "embed")),
     }
-    run_id = log_pipeline(
+    if champion is not None:
+        tags["infosift.champion_metric"] = champion.metric
+    data = download_datasets(dataset)
+    logged = log_pipeline(
         run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
         params={
             k: all_params[k]
@@ -186,23 +218,49 @@ def main(argv: list[str]) -> None:
             if k in all_params
         },
         tags=tags,
-        variants=mlflow_variants(rows, all_params, lock, bool(cfg.get("log_models", True))),
+        variants=mlflow_variants(rows, all_params, lock, cfg.get("log_models", True), champion, data),
         artifacts={"compare": str(OUT), "data_manifest": "data/download/manifest.json"},
         experiment=cfg.get("experiment", "infosift"),
         metrics=parent_metrics,
+        datasets=list(data.values()),
+        uri=cfg.get("tracking_uri"),
+        champion=champion,
+        trust_remote_code=bool(all_params["model"].get("trust_remote_code", False)),
     )
-    print(f"compare: MLflow parent run {run_id} (browse: mlflow ui --backend-store-uri sqlite:///mlflow.db)")
+    print(f"compare: MLflow parent run {logged.run_id}; browse: {logged.url}")
+    if logged.champion_version:
+        print(
+            f"compare: {champion.variant} ({champion.metric} {champion.value:.4g}) is version "
+            f"{logged.champion_version} of {champion.registered_name}, alias champion"
+        )
 
 
-def mlflow_variants(rows: list[dict], all_params: dict, lock: dict, log_models: bool) -> list[VariantRun]:
-    """One nested MLflow run per compare row: the base model, then each fine-tuned variant with its lineage."""
+def mlflow_variants(
+    rows: list[dict],
+    all_params: dict,
+    lock: dict,
+    log_models: bool | str,
+    champion: Champion | None = None,
+    data: dict | None = None,
+) -> list[VariantRun]:
+    """One nested MLflow run per compare row: the base model, then each fine-tuned variant with its lineage.
+
+    ``log_models``: true logs every fine-tuned model, "champion" only the one to register, false none.
+    """
     finetune = all_params["finetune"].get("train", {})
-    return [
-        base_run(all_params["model"], row)
-        if row["variant"] == "base"
-        else variant_run(row, variant_name(row["selector"], row["budget"]), lock, finetune, log_models)
-        for row in rows
-    ]
+    data = data or {}
+    test = [data["test"]] if "test" in data else []
+    pool = [data["pool"]] if "pool" in data else []
+    runs = []
+    for row in rows:
+        if row["variant"] == "base":
+            runs.append(base_run(all_params["model"], row, datasets=test))
+            continue
+        is_champion = champion is not None and champion.variant == row["variant"]
+        log = log_models is True or (log_models == "champion" and is_champion)
+        name = variant_name(row["selector"], row["budget"])
+        runs.append(variant_run(row, name, lock, finetune, log, datasets=pool + test))
+    return runs
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 The seed is the selection's seed (random picks per seed) and the fine-tune's (data order, init of
 LoRA, dropout), so repeating a variant over seeds measures both sources of noise.
+With compare.mlflow on, the loss goes to an MLflow run step by step while training runs; nothing about that
+run is written to this stage's outputs (they stay the same run to run, as DVC's cache needs).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from infosift.data import read_records
 from infosift.losses import available_losses
 from infosift.manifest import content_hash, verify_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
+from infosift.tracking_live import DEFAULT_EXPERIMENT, tracking_uri, training_run
 from infosift.train import TrainConfig, finetune
 from stages._common import (
     StageError,
@@ -64,6 +68,28 @@ def checked_train_params(ft: dict) -> dict:
     return dict(train)
 
 
+def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> AbstractContextManager:
+    """A context giving the step callback that shows this fine-tune's loss in MLflow while it trains (None when
+    compare.mlflow is off). compare later takes the run in as the variant's run, found by ``key``.
+
+    Reads compare's MLflow settings without listing them as DVC params: where the curve goes changes nothing
+    this stage writes, so toggling MLflow must not rerun fine-tunes.
+    """
+    cmp = params().get("compare") or {}
+    if not check_param(cmp.get("mlflow", True), "compare.mlflow", bool):
+        return nullcontext(None)
+    experiment = check_param(cmp.get("experiment", DEFAULT_EXPERIMENT), "compare.experiment", str)
+    uri = check_param(cmp.get("tracking_uri"), "compare.tracking_uri", str, allow_none=True)
+    return training_run(
+        tracking_uri(".", uri),
+        experiment,
+        name,
+        key,
+        tags={"infosift.variant": name, "infosift.manifest_hash": manifest_hash},
+        params={f"train.{k}": v for k, v in cfg.__dict__.items()},
+    )
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 4:
         raise StageError("usage: python -m stages.finetune VARIANT BUDGET SEED LOSS")
@@ -80,20 +106,23 @@ def main(argv: list[str]) -> None:
     records = chosen_records(manifest, read_records("data/download/pool.jsonl"))
 
     base_dir, trust = base_model_dir()
-    model, tokenizer = load_model_and_tokenizer(base_dir, device=p.pop("device", None), trust_remote_code=trust)
+    device = p.pop("device", None)
     cfg = TrainConfig(loss_type=loss, **p)
     name = variant_name(variant, budget, seed, loss)
-    with atomic_output(Path("models") / name) as tmp:
-        history = finetune(model, tokenizer, records, tmp, cfg, device=str(model.device))
-        provenance = {
-            "base_model": str(base_dir),
-            "base_fingerprint": model_fingerprint(base_dir),
-            "manifest_hash": manifest["hash"],
-            "train_config": cfg.__dict__,
-            "train_config_hash": content_hash(cfg.__dict__),
-            "n_train": len(records),
-        }
-        (tmp / "infosift.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    provenance = {
+        "base_model": str(base_dir),
+        "base_fingerprint": model_fingerprint(base_dir),
+        "manifest_hash": manifest["hash"],
+        "train_config": cfg.__dict__,
+        "train_config_hash": content_hash(cfg.__dict__),
+        "n_train": len(records),
+    }
+    # the key of what is trained: compare recomputes it from models/<name>/infosift.json to find the live run
+    with live_loss(name, content_hash(provenance), manifest["hash"], cfg) as on_step:
+        model, tokenizer = load_model_and_tokenizer(base_dir, device=device, trust_remote_code=trust)
+        with atomic_output(Path("models") / name) as tmp:
+            history = finetune(model, tokenizer, records, tmp, cfg, device=str(model.device), on_step=on_step)
+            (tmp / "infosift.json").write_text(json.dumps(provenance, indent=2) + "\n")
     with atomic_output(Path("results/finetune") / name) as tmp:
         tmp.mkdir()
         with (tmp / "train_loss.csv").open("w", newline="") as f:

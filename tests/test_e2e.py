@@ -217,7 +217,12 @@ def test_mlflow_has_parent_and_nested_variant_runs(repo):
     assert parents[0].data.tags["git_commit"] != "unknown"
     assert "evidence.dsir-200-nll.rel_pct" in parents[0].data.metrics
     artifacts = {a.path for a in client.list_artifacts(fisher.info.run_id)}
-    assert {"manifest", "metrics", "model", "per_example"} <= artifacts
+    assert {"manifest", "metrics", "per_example"} <= artifacts
+    # MLflow 3 keeps flavored models as logged models of the run, not as run artifacts
+    models = client.search_logged_models([exp.experiment_id], filter_string=f"source_run_id = '{fisher.info.run_id}'")
+    assert [m.name for m in models] == ["model"]  # the mlflow.transformers flavor
+    names = {d.dataset.name for d in fisher.inputs.dataset_inputs}
+    assert {n.rsplit("-", 1)[-1] for n in names} >= {"pool", "test"} and any(n.endswith("-s1") for n in names)
 
 
 def test_second_repro_runs_nothing(repo):

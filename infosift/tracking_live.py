@@ -1,0 +1,199 @@
+"""The MLflow pieces finetune and compare share: where the server is, whether it answers, the experiment, and a
+training run whose loss the UI shows while the model trains.
+
+Kept apart from tracking.py on purpose: finetune lists this file as a DVC dep, so a change to how compare logs
+does not invalidate every cached fine-tune. mlflow is imported inside the functions: a pipeline with MLflow off
+never loads it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from infosift.errors import TrackingError
+
+DEFAULT_EXPERIMENT = "infosift"
+# The MLflow 3 UI's experiment type, as its own type picker writes it for a classic training experiment. (MLflow
+# 3.17's UI takes the view from its sidebar switch, so links also carry ?workflowType=machine_learning.)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+TRAIN_KEY_TAG = "infosift.train_key"
+RUN_KIND_TAG = "infosift.run_kind"
+PARENT_TAG = "mlflow.parentRunId"
+PREFLIGHT_TIMEOUT_S = 10  # connect or read; a server answers in well under a second once up
+
+
+def tracking_uri(root: str | Path = ".", uri: str | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set (this shell's choice), else ``uri`` (the project's: params.yaml
+    compare.tracking_uri), else a SQLite file in the repo root (MLflow 3's default backend)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def redacted(uri: str) -> str:
+    """``uri`` without a user:password@ part, for messages and logs."""
+    parts = urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=host))
+
+
+def ui_url(uri: str, experiment_id: str) -> str:
+    """The experiment's runs page on a server (opened in the model-training view), or how to browse a local store."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if is_remote(uri):
+        return f"{redacted(uri).rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration (MLflow reads its HTTP retry settings at each request)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _reason(e: BaseException, uri: str) -> str:
+    """Why a request failed, in a few words: the innermost cause of a connection failure, else MLflow's message."""
+    import requests
+
+    chain, c = [], e
+    while c is not None and len(chain) < 20:
+        chain.append(c)
+        c = c.__cause__ or c.__context__
+    if any(isinstance(x, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError) for x in chain):
+        inner = str(chain[-1]).split(": ")[-1].strip(" '\")") or type(chain[-1]).__name__
+        return f"cannot reach the tracking server ({inner})"
+    text = " ".join(str(e).split()).replace(uri, redacted(uri))
+    return f"the tracking server refused the request ({text[:300]})"
+
+
+def check_server(uri: str, timeout: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """One quick request without retries, so an unreachable server is an error in seconds rather than after
+    MLflow's default retry loop (minutes). Local stores (sqlite, file) need no check."""
+    if not is_remote(uri):
+        return
+    import requests
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(timeout))):
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except (MlflowException, requests.RequestException, OSError) as e:
+            raise TrackingError(f"MLflow at {redacted(uri)}: {_reason(e, uri)}") from None
+
+
+def experiment_id(client, name: str, uri: str, root: str | Path = ".") -> str:
+    """The id of experiment ``name``, created if missing, tagged as a model-training experiment.
+
+    A local store keeps artifacts in <root>/mlartifacts; a server keeps them where its --artifacts-destination
+    says (proxied, so colleagues need no storage credentials). INFOSIFT_MLFLOW_ARTIFACTS overrides both.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = os.environ.get("INFOSIFT_MLFLOW_ARTIFACTS") or (
+            None if is_remote(uri) else str(Path(root) / "mlartifacts")
+        )
+        if location and "://" not in location:
+            location = Path(location).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if exp.lifecycle_stage != "active":
+        raise TrackingError(
+            f"MLflow at {redacted(uri)}: experiment {name!r} is deleted; restore it "
+            f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set another compare.experiment"
+        )
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made before this tag: set it, never override a choice
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def connect(uri: str, experiment: str, root: str | Path = ".") -> tuple:
+    """(MlflowClient, experiment id) after the reachability check."""
+    from mlflow import MlflowClient
+
+    check_server(uri)
+    client = MlflowClient(uri)
+    return client, experiment_id(client, experiment, uri, root)
+
+
+def find_training_run(client, experiment: str, key: str):
+    """The newest finished training run of ``key`` that no pipeline run has taken in yet, or None."""
+    runs = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{TRAIN_KEY_TAG}` = '{key}' and tags.`{RUN_KIND_TAG}` = 'training'",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+    return next((r for r in runs if r.info.status == "FINISHED" and PARENT_TAG not in r.data.tags), None)
+
+
+@contextmanager
+def training_run(
+    uri: str,
+    experiment: str,
+    name: str,
+    key: str,
+    tags: dict[str, str] | None = None,
+    params: dict | None = None,
+    root: str | Path = ".",
+) -> Iterator[Callable[[dict], None]]:
+    """An MLflow run that shows a fine-tune's loss step by step while it trains; yields the per-step callback
+    (it takes the history entries train.finetune makes: step, loss, lr).
+
+    Tagged with ``key``, the content hash of what is trained (base model, selection, config), so that compare can
+    find this run and make it the variant's run rather than log the curve again. Ends FINISHED, or FAILED when the
+    block raises. A server that stops answering mid-training costs a warning, never the fine-tune.
+    """
+    from mlflow.entities import Metric, Param
+
+    client, exp = connect(uri, experiment, root)
+    run = client.create_run(exp, run_name=name, tags={**(tags or {}), TRAIN_KEY_TAG: key, RUN_KIND_TAG: "training"})
+    rid = run.info.run_id
+    if params:
+        client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    failed: list[str] = []
+
+    def quietly(call: Callable[[], object]) -> None:
+        if failed:
+            return
+        try:
+            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+                call()
+        except Exception as e:  # logging is a side effect: whatever breaks it must not stop the training
+            failed.append(_reason(e, uri))
+            print(
+                f"warning: MLflow at {redacted(uri)}: stopped logging the training loss ({failed[0]})", file=sys.stderr
+            )
+
+    def on_step(entry: dict) -> None:
+        ts, step = int(time.time() * 1000), int(entry["step"])
+        metrics = [
+            Metric(key, float(entry[k]), ts, step) for key, k in (("train_loss", "loss"), ("lr", "lr")) if k in entry
+        ]
+        quietly(lambda: client.log_batch(rid, metrics=metrics))
+
+    try:
+        yield on_step
+    except BaseException:
+        quietly(lambda: client.set_terminated(rid, "FAILED"))
+        raise
+    quietly(lambda: client.set_terminated(rid, "FINISHED"))
