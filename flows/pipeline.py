@@ -2,15 +2,20 @@
 
 DVC decides what is stale and caches by content; Prefect adds retries, a run history and
 schedules, and caches nothing itself (cache_policy=NONE): caching twice is how stale results leak.
-Stages run one at a time because DVC holds a workspace lock.
+Stages run one at a time because DVC holds a workspace lock. With a Ray address, the fine-tune and
+evaluate items of the matrix run at once on the cluster instead (flows/parallel.py); DVC still
+records every result in dvc.lock.
 
     python -m flows.pipeline                    # the whole pipeline (ephemeral Prefect API)
     python -m flows.pipeline --stages select compare
+    python -m flows.pipeline --ray-address auto # fine-tune/evaluate variants in parallel on Ray
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import os
 import subprocess
 import sys
@@ -24,36 +29,75 @@ from prefect.cache_policies import NONE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# what the compare stage writes (its outs in dvc.yaml; a test holds this) and the flow publishes as artifacts
+COMPARE_DIR = Path("results/compare")
+COMPARE_MARKDOWN = {"compare-table": "table.md", "selection-evidence": "evidence.md"}
+COMPARE_VERDICTS = "evidence.csv"
 
 
-def dvc_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+class FlowError(RuntimeError):
+    """A user-facing problem of the flow (a failed stage, an unreachable API): one `error:` line, exit 1."""
+
+
+def dvc_stages(dvc_yaml: Path | None = None) -> list[str]:
     """The stage names in dvc.yaml, in the order written there (producers before consumers).
 
     dvc.yaml is the one description of the pipeline's shape; the flow keeps no list of its own.
     """
     import yaml
 
+    dvc_yaml = dvc_yaml or ROOT / "dvc.yaml"
     return list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
 
 
 STAGES = dvc_stages()
 
 
-@task(retries=2, retry_delay_seconds=30, cache_policy=NONE, task_run_name="dvc repro {stage}")
-def dvc_repro(stage: str, force: bool = False) -> None:
-    """Run one stage (all items of a matrix stage) and stream its output into the Prefect log."""
+def run_name() -> str:
+    """`pipeline-<commit>[-dirty]-<params8>`: the code and the parameters a run used, readable in the run list.
+
+    params8 is the first 8 hex digits of params.yaml's sha256; `-dirty` marks tracked files changed since the commit.
+    """
+    from infosift.hashing import file_sha256
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "nogit"
+    dirty = "-dirty" if commit != "nogit" and git("status", "--porcelain", "--untracked-files=no") else ""
+    params = ROOT / "params.yaml"
+    params8 = file_sha256(params)[:8] if params.exists() else "noparams"
+    return f"pipeline-{commit}{dirty}-{params8}"
+
+
+def _stream(cmd: list[str] | str, cwd: Path, env: dict, prefix: str = "") -> int:
+    """Run ``cmd``, copy its output line by line into the Prefect log, return its exit code."""
     logger = get_run_logger()
-    cmd = ["dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
-    env = {**os.environ, "INFOSIFT_PIPELINE_RUN": str(flow_run.get_id() or "")}
-    logger.info("$ %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, shell=isinstance(cmd, str), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip()
         if line and "\r" not in line:  # skip progress-bar redraws; they are for terminals
-            logger.info(line)
-    if proc.wait() != 0:
-        raise RuntimeError(f"dvc repro {stage} failed with exit code {proc.returncode}")
+            logger.info(prefix + line)
+    return proc.wait()
+
+
+def pipeline_env() -> dict:
+    """The stages' environment: compare tags its MLflow runs with the pipeline's flow-run id."""
+    return {**os.environ, "INFOSIFT_PIPELINE_RUN": str(flow_run.get_id() or "")}
+
+
+@task(retries=2, retry_delay_seconds=30, cache_policy=NONE, task_run_name="dvc repro {stage}")
+def dvc_repro(stage: str, force: bool = False) -> None:
+    """Run one stage (all items of a matrix stage) and stream its output into the Prefect log."""
+    cmd = ["dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
+    get_run_logger().info("$ %s", " ".join(cmd))
+    code = _stream(cmd, ROOT, pipeline_env())
+    if code != 0:
+        raise FlowError(f"dvc repro {stage} failed with exit code {code}")
 
 
 @task(cache_policy=NONE, task_run_name="dvc status")
@@ -63,32 +107,158 @@ def up_to_date(stages: list[str]) -> bool:
     return proc.returncode == 0
 
 
-@flow(name="infosift-pipeline", log_prints=True)
-def pipeline(stages: list[str] | None = None, force: bool = False) -> None:
+def _cell(text: str) -> object:
+    """A CSV cell as the UI should show it: a number to 4 significant digits, nothing for blank, NaN or inf
+    (JSON has no such numbers), else the text."""
+    if text in ("", "None"):
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return None
+    return int(number) if number.is_integer() and "." not in text else float(f"{number:.4g}")
+
+
+@task(cache_policy=NONE, task_run_name="publish compare")
+def publish_compare() -> list[str]:
+    """The compare stage's table and evidence as artifacts of this flow run (markdown + a table of verdicts).
+
+    Read from the files the stage wrote: stages know nothing of Prefect. Keyed artifacts keep a history per key
+    in the UI (Artifacts page), one version per run. Returns the keys created.
+    """
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    logger = get_run_logger()
+    out, created = ROOT / COMPARE_DIR, []
+    for key, name in COMPARE_MARKDOWN.items():
+        if (out / name).exists():
+            create_markdown_artifact((out / name).read_text(), key=key, description=f"{COMPARE_DIR / name}")
+            created.append(key)
+    verdicts = out / COMPARE_VERDICTS
+    if verdicts.exists():
+        with verdicts.open(newline="") as f:
+            rows = [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        create_table_artifact(rows, key="selection-verdicts", description=f"{COMPARE_DIR / COMPARE_VERDICTS}")
+        created.append("selection-verdicts")
+    if not created:
+        logger.warning("no compare outputs in %s to publish", out)
+    return created
+
+
+@flow(name="infosift-pipeline", flow_run_name=run_name, log_prints=True)
+def pipeline(
+    stages: list[str] | None = None,
+    force: bool = False,
+    ray_address: str | None = None,
+    cpus_per_item: float = 1,
+    gpus_per_item: float = 0,
+) -> None:
     """Every stage of dvc.yaml in its order (download -> embed -> select -> ... -> compare), each through DVC.
 
     When nothing changed, one status check ends the run: an up-to-date workspace costs little more than
-    Prefect's own start-up, not one `dvc repro` process per stage.
+    Prefect's own start-up, not one `dvc repro` process per stage. With ``ray_address`` ("auto", "host:port",
+    "ray://host:10001"), the out-of-date fine-tune and evaluate items run concurrently as Ray tasks, each
+    reserving ``cpus_per_item`` / ``gpus_per_item``. When compare is among the stages, its table and verdicts
+    become artifacts of the run.
     """
-    stages = stages or STAGES
+    stages = stages or dvc_stages()
+    if ray_address:
+        from infosift.scale.cluster import check_address
+
+        check_address(ray_address)  # before any stage runs, not hours later at the first fan-out
     if not force and up_to_date(stages):
         print(f"dvc: {', '.join(stages)} up to date; nothing to run")
-        return
-    for stage in stages:
-        dvc_repro(stage, force=force)
+    elif ray_address:
+        from flows.parallel import PARALLEL_STAGES, fan_out
+
+        for stage in stages:
+            if stage in PARALLEL_STAGES:
+                fan_out(stage, ray_address, force=force, cpus=cpus_per_item, gpus=gpus_per_item)
+            else:
+                dvc_repro(stage, force=force)
+    else:
+        for stage in stages:
+            dvc_repro(stage, force=force)
+    if "compare" in stages:
+        publish_compare()
+
+
+def prefect_api_error(url: str | None = None) -> str | None:
+    """Why the configured Prefect API cannot be used, or None (reachable, or none set: a temporary one starts).
+
+    Asked once before anything runs, so an unreachable server costs about a second and one line, not Prefect's
+    retries and a traceback.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    url = url or get_current_settings().api.url
+    if not url:
+        return None
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is None:
+        return None
+    reason = " ".join(str(problem).split()) or type(problem).__name__
+    return (
+        f"PREFECT_API_URL {url}: cannot reach the Prefect API ({reason}); start one with "
+        "`prefect server start` or unset PREFECT_API_URL to run on a temporary one"
+    )
+
+
+def guarded(run, ray_address: str | None = None) -> int:
+    """Run ``run()`` (a flow call or serve) and turn user-facing failures into one `error:` line and exit code 1.
+
+    The Prefect API and the Ray address are checked first, so bad ones cost one line, not a flow run's traceback.
+    """
+    import httpx
+
+    from infosift.errors import InfosiftError
+
+    try:
+        if problem := prefect_api_error():
+            raise FlowError(problem)
+        if ray_address:
+            from infosift.scale.cluster import check_address
+
+            check_address(ray_address)
+        run()
+    except (FlowError, InfosiftError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as e:  # the server went away during the run
+        from prefect.settings import get_current_settings
+
+        print(f"error: PREFECT_API_URL {get_current_settings().api.url}: lost the Prefect API ({e})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
+    parser.add_argument("--stages", nargs="+", default=None, choices=STAGES, help="default: every stage of dvc.yaml")
     parser.add_argument("--force", action="store_true", help="rerun the stages even if DVC finds them up to date")
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="run fine-tune/evaluate items in parallel on Ray: auto (the cluster on this machine, else a new local "
+        "one), host:6379 or ray://host:10001; default: one stage at a time, no Ray",
+    )
+    parser.add_argument("--cpus-per-item", type=float, default=1, help="Ray CPUs each fine-tune/evaluate item reserves")
+    parser.add_argument("--gpus-per-item", type=float, default=0, help="Ray GPUs each fine-tune/evaluate item reserves")
     args = parser.parse_args(argv)
-    try:
-        pipeline(stages=args.stages, force=args.force)
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return guarded(
+        lambda: pipeline(
+            stages=args.stages,
+            force=args.force,
+            ray_address=args.ray_address,
+            cpus_per_item=args.cpus_per_item,
+            gpus_per_item=args.gpus_per_item,
+        ),
+        args.ray_address,
+    )
 
 
 if __name__ == "__main__":

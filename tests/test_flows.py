@@ -1,15 +1,23 @@
 """Prefect orchestration: the flow runs one `dvc repro <stage>` per stage in order, a failing stage ends
-the run with one error line, and the served deployment carries its schedule and parameters."""
+the run with one error line, runs are named by commit and params, compare's outputs become artifacts, an
+unreachable API is one error line, and the served deployment is the one prefect.yaml declares."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import socket
 import stat
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 import flows.pipeline as fp
-from flows.serve import deployment
+from flows.serve import declared, deployment
+from infosift.hashing import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +31,8 @@ def prefect_api():
 
 @pytest.fixture
 def fake_dvc(tmp_path, monkeypatch, prefect_api):
-    """A `dvc` on PATH that logs its arguments and fails for the stage named in FAKE_DVC_FAIL."""
+    """A `dvc` on PATH that logs its arguments and fails for the stage named in FAKE_DVC_FAIL; the flow's
+    workspace is tmp_path (no compare outputs unless a test writes them)."""
     log = tmp_path / "calls.log"
     script = tmp_path / "bin" / "dvc"
     script.parent.mkdir()
@@ -37,6 +46,7 @@ def fake_dvc(tmp_path, monkeypatch, prefect_api):
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(fp, "dvc_repro", fp.dvc_repro.with_options(retries=0))  # no 30 s retry waits
+    monkeypatch.setattr(fp, "ROOT", tmp_path)
     return log
 
 
@@ -66,15 +76,196 @@ def test_failing_stage_stops_the_flow_with_one_error_line(fake_dvc, monkeypatch,
     assert errors == ["error: dvc repro select failed with exit code 3"]
 
 
-def test_deployment_passes_stages_and_force():
-    d = deployment(name="hourly", cron="0 * * * *", stages=["select", "compare"], force=True)
-    assert d.parameters == {"stages": ["select", "compare"], "force": True}
+def test_ray_path_fans_out_finetune_and_evaluate_of_the_real_dvc_yaml(fake_dvc, monkeypatch):
+    """With a Ray address, the stages of dvc.yaml run in its order; only finetune and evaluate fan out."""
+    import flows.parallel as par
+
+    fanned = []
+    monkeypatch.setattr(par, "fan_out", lambda group, address, **kw: fanned.append((group, address, kw)))
+    monkeypatch.setattr("infosift.scale.cluster.check_address", lambda address: None)  # no cluster needed here
+    assert fp.main(["--ray-address", "ray://head:10001", "--gpus-per-item", "1", "--stages", *fp.STAGES]) == 0
+    repro = [c.split()[1] for c in fake_dvc.read_text().splitlines()[1:]]
+    assert [g for g, *_ in fanned] == ["finetune", "evaluate"]
+    assert fanned[0][1] == "ray://head:10001" and fanned[0][2]["gpus"] == 1
+    assert repro == [s for s in fp.STAGES if s not in par.PARALLEL_STAGES]
 
 
-def test_served_deployment_has_schedule_parameters_and_one_run_at_a_time():
-    d = deployment(cron="5 4 * * *")
-    assert d.name == "nightly"
-    assert [s.schedule.cron for s in d.schedules] == ["5 4 * * *"]
-    assert d.parameters == {"stages": fp.STAGES, "force": False}
-    assert d.concurrency_limit == 1  # DVC holds a workspace lock
-    assert d.entrypoint == "flows/pipeline.py:pipeline"
+def test_unreachable_ray_address_is_one_error_line_before_any_stage(fake_dvc, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert fp.main(["--ray-address", f"127.0.0.1:{port}", "--stages", "download"]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot reach Ray at 127.0.0.1:{port}: "), errors
+    assert not fake_dvc.exists()  # no dvc command ran
+
+
+def test_parallel_items_come_from_dvc_as_declared():
+    """Each fan-out group is a matrix stage of the real dvc.yaml; its items and commands are DVC's, not a copy."""
+    import flows.parallel as par
+
+    spec = yaml.safe_load((fp.ROOT / "dvc.yaml").read_text())["stages"]
+    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=fp.ROOT, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    for group in par.PARALLEL_STAGES:
+        assert "matrix" in spec[group], f"{group} is not a matrix stage in dvc.yaml"
+        items = par.matrix_items(group)
+        assert [i["name"] for i in items] == [n for n in listed.stdout.split() if n.startswith(f"{group}@")]
+        for item in items:
+            assert "${" not in item["cmd"] and item["cmd"].startswith(spec[group]["cmd"].split("${")[0])
+            assert item["outs"] and all(str(fp.ROOT) in o for o in item["outs"])
+
+
+def test_run_name_carries_commit_and_params_hash(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)  # fmt: skip
+
+    monkeypatch.setattr(fp, "ROOT", tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text("a: 1\n")
+    git("init", "-q")
+    git("add", "params.yaml")
+    git("commit", "-qm", "one")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True)
+    assert fp.run_name() == f"pipeline-{commit.stdout.strip()}-{file_sha256(params)[:8]}"
+    params.write_text("a: 2\n")  # uncommitted params: a different hash, and the commit is marked dirty
+    assert fp.run_name() == f"pipeline-{commit.stdout.strip()}-dirty-{file_sha256(params)[:8]}"
+
+
+def test_compare_outputs_become_artifacts_of_the_flow_run(fake_dvc, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    out = tmp_path / fp.COMPARE_DIR
+    out.mkdir(parents=True)
+    (out / "table.md").write_text("| selector | nll |\n|---|---|\n| random | 1.2 |\n")
+    (out / "evidence.md").write_text("# Evidence\n- fishersft: beats random (95 %)\n")
+    (out / "evidence.csv").write_text(
+        "loss,selector,budget,diff,verdict\nnll,random,3300,,reference\nnll,fishersft,3300,-0.0123456,beats random\n"
+    )
+    state = fp.pipeline(stages=["compare"], return_state=True)
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        run = client.read_flow_run(run_id)
+    assert run.name == fp.run_name()  # the flow-run name callable is what names the run
+    by_key = {a.key: a for a in arts}
+    assert set(by_key) == {"compare-table", "selection-evidence", "selection-verdicts"}
+    assert by_key["compare-table"].data == (out / "table.md").read_text()
+    assert by_key["selection-evidence"].data == (out / "evidence.md").read_text()
+    rows = json.loads(by_key["selection-verdicts"].data)
+    with (out / "evidence.csv").open() as f:
+        expected = list(csv.DictReader(f))
+    assert [r["verdict"] for r in rows] == [r["verdict"] for r in expected]
+    assert [r["diff"] for r in rows] == [None, -0.01235]  # 4 significant digits
+
+
+def test_compare_outputs_match_the_compare_stage_outs():
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in yaml.safe_load((fp.ROOT / "dvc.yaml").read_text())
+            ["stages"]["compare"]["outs"]]  # fmt: skip
+    for name in [*fp.COMPARE_MARKDOWN.values(), fp.COMPARE_VERDICTS]:
+        assert str(fp.COMPARE_DIR / name) in outs
+
+
+@pytest.mark.parametrize("module", ["flows.pipeline", "flows.serve"])
+def test_unreachable_prefect_api_is_one_error_line(module, tmp_path):
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", module], cwd=fp.ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: PREFECT_API_URL {url}: cannot reach the Prefect API (")
+
+
+def test_served_deployment_is_the_one_prefect_yaml_declares():
+    spec = declared("nightly")
+    d = deployment()
+    assert d.name == spec["name"]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in d.schedules] == [
+        (s["cron"], s["timezone"]) for s in spec["schedules"]
+    ]
+    assert d.parameters == spec["parameters"]
+    assert d.concurrency_limit == spec["concurrency_limit"] == 1  # DVC holds a workspace lock
+    assert d.entrypoint == spec["entrypoint"] == "flows/pipeline.py:pipeline"
+    assert set(spec["parameters"]) <= set(fp.pipeline.parameters.properties)  # every declared parameter exists
+
+
+def test_serve_overrides_schedule_stages_and_force():
+    d = deployment(cron="0 * * * *", stages=["select", "compare"], force=True)
+    assert [s.schedule.cron for s in d.schedules] == ["0 * * * *"]
+    assert d.parameters["stages"] == ["select", "compare"] and d.parameters["force"] is True
+
+
+PARALLEL_FINETUNE = """\
+import sys
+from pathlib import Path
+variant, log = sys.argv[1], sys.argv[2]
+with open(log, "a") as f:
+    f.write(variant + "\\n")
+if Path(f"fail-{variant}").exists():
+    sys.exit(2)
+Path("models").mkdir(exist_ok=True)
+Path(f"models/{variant}.txt").write_text(variant)
+"""
+
+PARALLEL_DVC_YAML = """\
+stages:
+  finetune:
+    matrix:
+      variant: [a, b, c]
+    cmd: {py} finetune.py ${{item.variant}} {log}
+    deps: [finetune.py]
+    outs: ["models/${{item.variant}}.txt"]
+"""
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, prefect_api):
+    """A DVC repo with one matrix stage of three items; the Ray call runs the items in this process instead."""
+    import flows.parallel as par
+
+    repo, log = tmp_path / "repo", tmp_path / "runs.log"
+    repo.mkdir()
+    (repo / "finetune.py").write_text(PARALLEL_FINETUNE)
+    (repo / "dvc.yaml").write_text(PARALLEL_DVC_YAML.format(py=sys.executable, log=log))
+    assert subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo).returncode == 0
+    monkeypatch.setattr(fp, "ROOT", repo)
+
+    def run_here(group, items, address, cpus, gpus):
+        results = []
+        for i in items:
+            try:
+                results.append(par.run_item.fn(i["name"], i["cmd"], i["wdir"], ""))
+            except fp.FlowError as e:
+                results.append(e)
+        return results
+
+    monkeypatch.setattr(par, "run_on_ray", run_here)
+    return repo, log
+
+
+def test_failed_item_is_not_committed_and_only_it_reruns(workspace, capsys):
+    """The fan-out around Ray with real DVC, the Ray call replaced by running the items here one by one: only
+    out-of-date items run, finished ones are committed even when another fails, and the next run reruns only what
+    failed. (Concurrency on a real cluster: test_flows_ray.py.)"""
+    repo, log = workspace
+    (repo / "fail-c").touch()
+    (repo / "models").mkdir()
+    (repo / "models/c.txt").write_text("stale")  # an earlier output: removed before c runs, as dvc repro does
+    assert fp.main(["--ray-address", "auto"]) == 1
+    assert not (repo / "models/c.txt").exists()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: finetune@c: failed with exit code 2 (its output is in the task's log)"]
+    status = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True).stdout
+    assert "finetune@c" in status and "finetune@a" not in status and "finetune@b" not in status
+
+    (repo / "fail-c").unlink()
+    assert fp.main(["--ray-address", "auto"]) == 0
+    assert log.read_text().split() == ["a", "b", "c", "c"]  # the second run ran c alone
+    assert subprocess.run(["dvc", "status", "--quiet"], cwd=repo).returncode == 0
