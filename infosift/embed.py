@@ -15,6 +15,15 @@ Alongside the features, from the logits the head already computes: ``costs`` (pr
 of each example under the chat template: what a fine-tune pays for it) and, per feature row, ``p_next``
 (the model's probability of the actual next token) and ``p_sqnorm`` (sum_k p_k^2 of its next-token
 distribution), FisherSFT's information weights (select/fishersft.py).
+
+Optional ``project_dim`` k: each feature row x (width d) is stored as x R, R a seeded (d, k) Gaussian
+matrix scaled by 1/sqrt(k) (``projection_matrix``), so that E||x R||^2 = ||x||^2 and inner products are
+kept up to a Johnson-Lindenstrauss error; storage drops by d/k. p_next, p_sqnorm and self-scores come
+from the unprojected rows. The projection (k, seed) is part of every shard key and of meta.json.
+
+Engines: ``embed_records`` runs the shards one after another in this process; infosift/scale/embed.py
+runs the same ``ShardEmbedder`` in Ray actors. Both write the same shards and assemble them with
+``assemble``, so their outputs are byte-identical and either one resumes the other's shards.
 """
 
 from __future__ import annotations
@@ -67,10 +76,24 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+def projection_matrix(d: int, k: int, seed: int) -> np.ndarray:
+    """(d, k) float32 R with entries N(0, 1) / sqrt(k), from ``seed`` alone: E||x R||^2 = ||x||^2.
+
+    Drawn in float64 by numpy's PCG64 and rounded once, so every engine and machine builds the same R.
+    """
+    if k < 1:
+        raise ValueError(f"project_dim must be >= 1, got {k}")
+    return (np.random.default_rng(seed).standard_normal((d, k)) / np.sqrt(k)).astype(np.float32)
+
+
 # -- one shard ---------------------------------------------------------------------------------
-def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_id: int, out_dtype) -> TokenFeatures:
+def _embed_shard(
+    model, encs: list[Encoded], part: str, batch_tokens: int, pad_id: int, out_dtype, projection=None
+) -> TokenFeatures:
     """Features, costs and token stats of one shard, plus self-scores (mean response log-prob) in ``scores``.
 
+    ``projection``: None, or a (d, k) float32 matrix the feature rows are multiplied by (on the model's
+    device, in float32) before they are rounded to ``out_dtype``; the token stats use the full rows.
     Returns (TokenFeatures without ids filled in, (N,) float32 self-scores).
     """
     import torch
@@ -78,6 +101,7 @@ def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_i
     device = next(model.parameters()).device
     mixed = autocast(device)[0]
     head = model.get_output_embeddings()
+    proj = None if projection is None else torch.as_tensor(projection, device=device)
     n = len(encs)
     feats: list[np.ndarray] = [None] * n  # type: ignore[list-item]
     p_next: list[np.ndarray] = [None] * n  # type: ignore[list-item]
@@ -92,7 +116,12 @@ def _embed_shard(model, encs: list[Encoded], part: str, batch_tokens: int, pad_i
             for row, i in enumerate(batch):
                 pos = feature_positions(encs[i], part)
                 rows = hidden[row, torch.as_tensor(pos, device=device)]
-                feats[i] = rows.float().cpu().numpy().astype(out_dtype)
+                if proj is None:
+                    kept = rows.float()
+                else:  # in float32 even under autocast: the projection is part of the stored values
+                    with torch.autocast(device.type, enabled=False):
+                        kept = rows.float() @ proj
+                feats[i] = kept.cpu().numpy().astype(out_dtype)
                 # next-token distribution at each feature row: p_next = p[y], p_sqnorm = sum_k p_k^2
                 logp = torch.log_softmax(head(rows).float(), dim=-1)
                 lp_next = logp.gather(1, ids[row, torch.as_tensor(pos) + 1].to(device)[:, None])[:, 0]
@@ -165,7 +194,103 @@ def _concat_shards(shards: list[Path], out: Path, meta: dict) -> None:
     (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
-# -- entry point -------------------------------------------------------------------------------
+# -- the engine-independent pieces -------------------------------------------------------------
+def check_request(records: list[dict], part: str, dtype: str, project_dim: int | None) -> list[str]:
+    """The record ids, once the request is known to be valid (ValueError naming what is not)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+    if project_dim is not None and (isinstance(project_dim, bool) or not isinstance(project_dim, int)):
+        raise ValueError(f"project_dim must be a whole number or None, got {project_dim!r}")
+    if project_dim is not None and project_dim < 1:
+        raise ValueError(f"project_dim must be >= 1, got {project_dim}")
+    if not records:
+        raise ValueError("no records to embed")
+    ids = [str(r["id"]) for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("record ids are not unique")
+    return ids
+
+
+def partial_dir(out_dir: str | os.PathLike) -> Path:
+    """Where finished shards of ``out_dir`` wait until assembly (beside it, so a rerun finds them)."""
+    return Path(f"{out_dir}.partial")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+class ShardEmbedder:
+    """A model loaded once that turns shards of records into finished shard directories.
+
+    The one per-shard code path of both engines: the local loop calls it in this process, each Ray actor
+    (infosift/scale/embed.py) holds one. ``settings`` is what every shard key and meta.json record.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        part: str = "response",
+        max_length: int = 512,
+        batch_tokens: int = 8192,
+        dtype: str = "float16",
+        device=None,
+        trust_remote_code: bool = False,
+        project_dim: int | None = None,
+        project_seed: int = 0,
+        fingerprint: str | None = None,
+    ) -> None:
+        """``fingerprint``: model_fingerprint(model_dir) when the caller has it (hashing a large model's
+        weights once per Ray actor would cost more than the shards)."""
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            model_dir, device=device, trust_remote_code=trust_remote_code
+        )
+        self.part, self.max_length, self.batch_tokens, self.dtype = part, max_length, batch_tokens, np.dtype(dtype)
+        dev = next(self.model.parameters()).device
+        self.settings = {
+            "model_fingerprint": fingerprint or model_fingerprint(model_dir),
+            "part": part,
+            "max_length": max_length,
+            "batch_tokens": batch_tokens,
+            "dtype": dtype,
+            "compute": f"{dev.type}/{autocast(dev)[1]}",
+            "format": FORMAT,
+        }
+        self.projection = None
+        if project_dim is not None:  # only then: unprojected features keep the meta.json they always had
+            d = int(self.model.get_output_embeddings().weight.shape[1])
+            if project_dim >= d:
+                raise ValueError(f"project_dim must be below the model's hidden size {d}, got {project_dim}")
+            self.projection = projection_matrix(d, project_dim, project_seed)
+            self.settings["projection"] = {"kind": "gaussian/sqrt(k)", "d": d, "k": project_dim, "seed": project_seed}
+
+    def run(self, partial: Path, index: int, records: list[dict]) -> int:
+        """Write shard ``index`` of ``records`` under ``partial`` unless a finished one with the same key is
+        there. Returns the tokens it ran through the model (0 when the shard was reused)."""
+        encs = [encode_pair(self.tokenizer, r["prompt"], r["response"], self.max_length) for r in records]
+        key = _shard_key([str(r["id"]) for r in records], encs, self.settings)
+        if _finished(partial / shard_name(index), key):
+            return 0
+        pad = self.tokenizer.pad_token_id
+        feats, scores = _embed_shard(self.model, encs, self.part, self.batch_tokens, pad, self.dtype, self.projection)
+        feats.check_finite()
+        _write_shard(partial, shard_name(index), key, feats, scores)
+        return sum(len(e.input_ids) for e in encs)
+
+
+def assemble(out_dir: str | os.PathLike, n_shards: int, settings: dict) -> TokenFeatures:
+    """Concatenate the finished shards 0..n_shards-1 into ``out_dir`` (atomically), drop them, map the result."""
+    out, partial = Path(out_dir), partial_dir(out_dir)
+    with atomic_output(out) as tmp:
+        tmp.mkdir()
+        _concat_shards([partial / shard_name(k) for k in range(n_shards)], tmp, settings)
+    shutil.rmtree(partial)
+    return TokenFeatures.load(out, mmap=True)
+
+
+# -- entry point (the local engine) ------------------------------------------------------------
 def embed_records(
     model_dir: str | os.PathLike,
     records: list[dict],
@@ -178,56 +303,32 @@ def embed_records(
     dtype: str = "float16",
     progress: bool = True,
     trust_remote_code: bool = False,
+    project_dim: int | None = None,
+    project_seed: int = 0,
 ) -> TokenFeatures:
     """Embed ``records`` ({id, prompt, response, ...}) into ``out_dir`` and return it memory-mapped.
 
-    out_dir holds values.npy ((total_tokens, d) in ``dtype``), offsets.npy, ids.json (record order),
-    costs.npy ((N,) int64 chat-template tokens), p_next.npy and p_sqnorm.npy ((total_tokens,) float32),
-    self_scores.npy ((N,) float32 mean log-prob of each record's response tokens under the model,
-    NaN when truncation left none) and meta.json. Position rules: see ``feature_positions``.
+    out_dir holds values.npy ((total_tokens, d) in ``dtype``, or (total_tokens, project_dim)),
+    offsets.npy, ids.json (record order), costs.npy ((N,) int64 chat-template tokens), p_next.npy and
+    p_sqnorm.npy ((total_tokens,) float32), self_scores.npy ((N,) float32 mean log-prob of each record's
+    response tokens under the model, NaN when truncation left none) and meta.json. Position rules: see
+    ``feature_positions``; projection: see the module docstring.
     """
     from tqdm.auto import tqdm
 
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
-    if not records:
-        raise ValueError("no records to embed")
-    ids = [str(r["id"]) for r in records]
-    if len(set(ids)) != len(ids):
-        raise ValueError("record ids are not unique")
-    out, partial = Path(out_dir), Path(f"{out_dir}.partial")
-    model, tokenizer = load_model_and_tokenizer(model_dir, device=device, trust_remote_code=trust_remote_code)
-    compute = autocast(next(model.parameters()).device)[1]
-    settings = {
-        "model_fingerprint": model_fingerprint(model_dir),
-        "part": part,
-        "max_length": max_length,
-        "batch_tokens": batch_tokens,
-        "dtype": dtype,
-        "compute": f"{next(model.parameters()).device.type}/{compute}",
-        "format": FORMAT,
-    }
+    check_request(records, part, dtype, project_dim)
+    embedder = ShardEmbedder(
+        model_dir, part, max_length, batch_tokens, dtype, device, trust_remote_code, project_dim, project_seed
+    )
+    partial = partial_dir(out_dir)
     partial.mkdir(parents=True, exist_ok=True)
-    shards, done_tokens, t0 = [], 0, time.perf_counter()
+    starts = range(0, len(records), shard_size)
+    done_tokens, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(records), unit="ex", desc="embed", disable=not progress)
-    for start in range(0, len(records), shard_size):
+    for index, start in enumerate(starts):
         chunk = records[start : start + shard_size]
-        encs = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in chunk]
-        shard = partial / f"shard-{start // shard_size:05d}"
-        key = _shard_key(ids[start : start + shard_size], encs, settings)
-        if not _finished(shard, key):
-            feats, scores = _embed_shard(model, encs, part, batch_tokens, tokenizer.pad_token_id, np.dtype(dtype))
-            feats.check_finite()
-            _write_shard(partial, shard.name, key, feats, scores)
-            done_tokens += sum(len(e.input_ids) for e in encs)
-        shards.append(shard)
+        done_tokens += embedder.run(partial, index, chunk)
         bar.update(len(chunk))
         bar.set_postfix(tok_s=f"{done_tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
     bar.close()
-    with atomic_output(out) as tmp:
-        tmp.mkdir()
-        _concat_shards(shards, tmp, settings)
-    shutil.rmtree(partial)
-    return TokenFeatures.load(out, mmap=True)
+    return assemble(out_dir, len(starts), embedder.settings)

@@ -149,3 +149,62 @@ def test_bad_arguments(tiny_model_dir, gsm_records, tmp_path):
     dup = [gsm_records[0], gsm_records[0]]
     with pytest.raises(ValueError, match="unique"):
         embed_records(tiny_model_dir, dup, tmp_path / "x", progress=False)
+
+
+def test_shards_in_any_order_assemble_to_the_engine_bytes(tiny_model_dir, gsm_records, tmp_path):
+    """The per-shard pieces both engines share: shards written out of order (as Ray actors write them)
+    by ShardEmbedder, then assembled, equal embed_records' output byte for byte."""
+    ref = embed_records(tiny_model_dir, gsm_records, tmp_path / "ref", **{**SMALL, "shard_size": 8})
+    embedder = embed.ShardEmbedder(tiny_model_dir, max_length=512, batch_tokens=160, device="cpu")
+    partial = embed.partial_dir(tmp_path / "pieces")
+    for index in (4, 1, 3, 0, 2):
+        assert embedder.run(partial, index, gsm_records[8 * index : 8 * index + 8]) > 0
+    assert embedder.run(partial, 2, gsm_records[16:24]) == 0  # finished: reused, not recomputed
+    pieces = embed.assemble(tmp_path / "pieces", 5, embedder.settings)
+    assert _files(tmp_path / "pieces") == _files(tmp_path / "ref")
+    assert pieces.ids == ref.ids
+    assert "projection" not in json.loads((tmp_path / "ref" / "meta.json").read_text())
+
+
+def test_projection_matrix_is_seeded_and_keeps_norms():
+    r = embed.projection_matrix(32, 4000, seed=3)
+    assert r.shape == (32, 4000) and r.dtype == np.float32
+    np.testing.assert_array_equal(r, embed.projection_matrix(32, 4000, seed=3))
+    assert not np.array_equal(r, embed.projection_matrix(32, 4000, seed=4))
+    # E[R R^T] = I: squared norms and inner products survive up to ~ 1/sqrt(k)
+    np.testing.assert_allclose(r.astype(np.float64) @ r.T, np.eye(32), atol=0.1)
+
+
+def test_project_dim_stores_projected_rows_and_keeps_the_rest(tiny_model_dir, gsm_records, tmp_path):
+    records = gsm_records[:16]
+    full = embed_records(tiny_model_dir, records, tmp_path / "full", dtype="float32", **SMALL)
+    proj = embed_records(tiny_model_dir, records, tmp_path / "proj", project_dim=8, project_seed=5, **SMALL)
+    r = embed.projection_matrix(full.dim, 8, seed=5)
+    assert proj.values.shape == (len(full.values), 8) and proj.values.dtype == np.float16
+    np.testing.assert_allclose(proj.values.astype(np.float32), full.values @ r, rtol=2e-3, atol=2e-3)
+    for name in ("offsets.npy", "costs.npy", "p_next.npy", "p_sqnorm.npy", "self_scores.npy", "ids.json"):
+        assert (tmp_path / "proj" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+    meta = json.loads((tmp_path / "proj" / "meta.json").read_text())
+    assert meta["d"] == 8 and meta["projection"] == {"kind": "gaussian/sqrt(k)", "d": full.dim, "k": 8, "seed": 5}
+    again = embed_records(tiny_model_dir, records, tmp_path / "again", project_dim=8, project_seed=5, **SMALL)
+    np.testing.assert_array_equal(again.values, proj.values)
+
+
+def test_projection_is_part_of_the_shard_key(tiny_model_dir, gsm_records, tmp_path):
+    """Shards projected with another seed (or not at all) are recomputed, never mixed in."""
+    partial = embed.partial_dir(tmp_path / "out")
+    a = embed.ShardEmbedder(tiny_model_dir, device="cpu", project_dim=8, project_seed=0)
+    b = embed.ShardEmbedder(tiny_model_dir, device="cpu", project_dim=8, project_seed=1)
+    c = embed.ShardEmbedder(tiny_model_dir, device="cpu")
+    chunk = gsm_records[:4]
+    assert a.run(partial, 0, chunk) > 0 and a.run(partial, 0, chunk) == 0
+    assert b.run(partial, 0, chunk) > 0
+    assert c.run(partial, 0, chunk) > 0
+
+
+def test_bad_project_dim(tiny_model_dir, gsm_records, tmp_path):
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="project_dim"):
+            embed_records(tiny_model_dir, gsm_records, tmp_path / "x", project_dim=bad, progress=False)
+    with pytest.raises(ValueError, match="below the model's hidden size 32"):
+        embed_records(tiny_model_dir, gsm_records, tmp_path / "x", project_dim=32, progress=False, device="cpu")
