@@ -75,10 +75,15 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield i, row
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield i, _as_object(row, path, i)
         return
     raw = path.read_bytes()
     if path.suffix == ".json":
@@ -88,6 +93,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
             raise DataError(f"{path}: not UTF-8 at byte {e.start}") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply to read") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: a .json dataset must be a list of objects")
         for i, row in enumerate(rows, start=1):
@@ -110,6 +117,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
             row = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply to read") from None
         n += 1
         yield lineno, _as_object(row, path, lineno)
     if n == 0:
@@ -206,10 +215,13 @@ def find_split(name: str, split: str, mirror_dir: str | Path | None) -> Path | N
     return None
 
 
-def fetch_from_hub(spec: DatasetSpec, split: str, cache_dir: str | Path) -> Path:
-    """Download a split with `datasets` and write it as JSONL; offline this fails with one clear line."""
+def fetch_from_hub(spec: DatasetSpec, split: str, cache_dir: str | Path, looked: str = "the local mirror") -> Path:
+    """Download a split with `datasets` and write it as JSONL; offline this fails with one clear line.
+
+    ``looked``: where the mirror file was looked for, named in the error.
+    """
     if spec.hub_id is None:
-        raise DataError(f"dataset {spec.name!r}: no local mirror file and no hub id to fall back on")
+        raise DataError(f"dataset {spec.name!r} split {split!r}: not in {looked} and no hub id to fall back on")
     out = Path(cache_dir) / spec.name / f"{split}.jsonl"
     if out.exists():
         return out
@@ -219,7 +231,7 @@ def fetch_from_hub(spec: DatasetSpec, split: str, cache_dir: str | Path) -> Path
         ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split)
     except Exception as e:  # the hub client raises many types; all mean "not available here"
         raise DataError(
-            f"dataset {spec.name!r} split {split!r}: not in the local mirror and the hub "
+            f"dataset {spec.name!r} split {split!r}: not in {looked} and the hub "
             f"({spec.hub_id}) is unreachable: {type(e).__name__}"
         ) from None
     with atomic_output(out) as tmp, tmp.open("w") as f:
@@ -230,7 +242,10 @@ def fetch_from_hub(spec: DatasetSpec, split: str, cache_dir: str | Path) -> Path
 
 def locate(name: str, split: str, mirror_dir: str | Path | None, hub_cache: str | Path) -> Path:
     """Sources in order: the local mirror directory, then the hub id (cached as JSONL)."""
-    return find_split(name, split, mirror_dir) or fetch_from_hub(dataset_spec(name), split, hub_cache)
+    looked = "the local mirror (no mirror_dir)"
+    if mirror_dir is not None:
+        looked = f"the local mirror ({Path(mirror_dir) / name / split}{{{','.join(SUFFIXES)}}})"
+    return find_split(name, split, mirror_dir) or fetch_from_hub(dataset_spec(name), split, hub_cache, looked)
 
 
 def subsample(records: list[dict], size: int | None, seed: int) -> list[dict]:
@@ -248,6 +263,35 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
 def read_records(path: str | Path) -> list[dict]:
     """Every row of a .jsonl, .json or .parquet file, in order: the one whole-file reader (see read_rows)."""
     return [row for _, row in read_rows(path)]
+
+
+def read_examples(path: str | Path, allow_empty: bool = False) -> list[dict]:
+    """Normalized records {id, prompt, response, ...} (as download writes them), each checked.
+
+    Every stage that feeds records to a model reads them here, so a hand-edited or foreign file (raw
+    question/answer rows, a missing id, a number as response) fails before the model loads, naming the
+    file and line, instead of as a KeyError halfway through a progress bar. ``allow_empty``: an empty file
+    is no records (the target slice when download.target_size is 0).
+    """
+    path = Path(path)
+    if allow_empty and path.is_file() and path.stat().st_size == 0:
+        return []
+    records, seen = [], {}
+    for lineno, row in read_rows(path):
+        for key in ("id", "prompt", "response"):
+            if key not in row:
+                has = ", ".join(sorted(row)) or "none"
+                raise DataError(
+                    f"{path}:{lineno}: missing field {key!r} (has: {has}); expected a normalized record "
+                    "{id, prompt, response} as the download stage writes"
+                )
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise DataError(f"{path}:{lineno}: field {key!r} must be a non-empty string, got {row[key]!r}")
+        if row["id"] in seen:
+            raise DataError(f"{path}:{lineno}: id {row['id']!r} repeats line {seen[row['id']]}")
+        seen[row["id"]] = lineno
+        records.append(row)
+    return records
 
 
 class MTBenchFiles(NamedTuple):
@@ -272,6 +316,82 @@ def mt_bench_files(mirror_dir: str | Path) -> MTBenchFiles:
     return files
 
 
+class MTBench(NamedTuple):
+    """MT-Bench as the judged suite and FisherSketch read it, checked (see read_mt_bench)."""
+
+    questions: list[dict]  # {question_id, category, turns (non-empty list of strings), ...} in file order
+    references: dict  # question_id -> the GPT-4 reference answer to the first turn
+    templates: dict[str, str]  # judge prompt name -> template (only the single-answer ones infosift uses)
+
+
+# the judge prompts infosift fills, and the fields each may use (FastChat's judge_prompts.jsonl has more)
+JUDGE_TEMPLATE_FIELDS = {"single-v1": {"question", "answer"}, "single-math-v1": {"question", "answer", "ref_answer_1"}}
+
+
+def read_mt_bench(files: MTBenchFiles, templates: bool = True) -> MTBench:
+    """Questions, first-turn references and judge templates of MT-Bench, each row checked (file:line in errors).
+
+    ``templates=False`` skips the judge prompts (a corpus of question/reference pairs needs none).
+    """
+    questions, by_id = [], {}
+    for lineno, q in read_rows(files.questions):
+        where = f"{files.questions}:{lineno}"
+        _require(q, ("question_id", "category", "turns"), where)
+        turns = q["turns"]
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns) or not turns[0]:
+            raise DataError(f"{where}: field 'turns' must be a non-empty list of strings, got {turns!r}")
+        if not isinstance(q["category"], str):
+            raise DataError(f"{where}: field 'category' must be a string, got {q['category']!r}")
+        if q["question_id"] in by_id:
+            raise DataError(f"{where}: question_id {q['question_id']!r} repeats")
+        by_id[q["question_id"]] = q
+        questions.append(q)
+    references = {}
+    for lineno, ref in read_rows(files.references):
+        where = f"{files.references}:{lineno}"
+        _require(ref, ("question_id", "choices"), where)
+        if ref["question_id"] not in by_id:
+            raise DataError(f"{where}: question_id {ref['question_id']!r} is not in {files.questions.name}")
+        choices = ref["choices"]
+        first = choices[0] if isinstance(choices, list) and choices else None
+        turns = first.get("turns") if isinstance(first, dict) else None
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+            raise DataError(f"{where}: expected choices[0].turns[0] to be the reference answer (a string)")
+        references[ref["question_id"]] = turns[0]
+    return MTBench(questions, references, _judge_templates(files.judge_prompts) if templates else {})
+
+
+def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        if key not in row:
+            raise DataError(f"{where}: missing field {key!r} (has: {', '.join(sorted(row)) or 'none'})")
+
+
+def _judge_templates(path: Path) -> dict[str, str]:
+    """The single-answer judge templates, each a string whose {fields} the judge can fill."""
+    import string
+
+    found = {}
+    for lineno, row in read_rows(path):
+        if row.get("name") in JUDGE_TEMPLATE_FIELDS:
+            name, template = row["name"], row.get("prompt_template")
+            if not isinstance(template, str):
+                raise DataError(f"{path}:{lineno}: field 'prompt_template' must be a string")
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: prompt_template of {name!r} is not a format string ({e})") from None
+            unknown = sorted(fields - JUDGE_TEMPLATE_FIELDS[name])
+            if unknown:
+                known = ", ".join(sorted(JUDGE_TEMPLATE_FIELDS[name]))
+                raise DataError(f"{path}:{lineno}: prompt_template of {name!r} uses {{{unknown[0]}}}; known: {known}")
+            found[name] = template
+    missing = sorted(set(JUDGE_TEMPLATE_FIELDS) - set(found))
+    if missing:
+        raise DataError(f"{path}: no judge prompt named {missing[0]!r}")
+    return found
+
+
 def load_mt_bench(mirror_dir: str | Path) -> list[dict]:
     """MT-Bench first turns that have a GPT-4 reference answer, as records (a small second domain).
 
@@ -279,13 +399,10 @@ def load_mt_bench(mirror_dir: str | Path) -> list[dict]:
     candidate source pool for FisherSketch; the judged evaluation reads the same files (mt_bench_files).
     """
     files = mt_bench_files(mirror_dir)
-    questions = {row["question_id"]: row for _, row in read_rows(files.questions)}
+    bench = read_mt_bench(files, templates=False)
     spec = DatasetSpec("mt_bench")
-    records = []
-    for lineno, ref in read_rows(files.references):
-        q = questions.get(ref["question_id"])
-        if q is None:
-            raise DataError(f"{files.references}:{lineno}: unknown question_id")
-        row = {"prompt": q["turns"][0], "response": ref["choices"][0]["turns"][0]}
-        records.append(normalize_row(row, spec, files.questions, lineno))
-    return records
+    by_id = {q["question_id"]: q for q in bench.questions}
+    return [
+        normalize_row({"prompt": by_id[qid]["turns"][0], "response": ref}, spec, files.references, n)
+        for n, (qid, ref) in enumerate(bench.references.items(), start=1)
+    ]

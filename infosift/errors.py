@@ -32,6 +32,14 @@ class ContaminationError(InfosiftError):
     """A contamination that cannot be applied (bad share, seed or mode; an altered record equal to a clean one)."""
 
 
+class SketchError(InfosiftError):
+    """A corpus FisherSketch cannot sketch (no token to add: no records, or every response cut by max_length)."""
+
+
+class DeviceError(InfosiftError):
+    """A device that is not a torch device, or one this machine does not have (cuda without a GPU)."""
+
+
 class JudgeError(InfosiftError):
     """A judge that cannot give a verdict (server unreachable, rejected request, unreadable reply); names the URL."""
 

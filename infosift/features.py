@@ -108,12 +108,17 @@ class TokenFeatures:
         return TokenFeatures(values, self.offsets, self.ids, self.costs, self.p_next, self.p_sqnorm)
 
     def check_finite(self) -> None:
-        """Raise ValueError naming the first sentence that holds a NaN or Inf."""
-        bad_rows = ~np.isfinite(np.asarray(self.values, dtype=np.float32)).all(axis=1)
-        if bad_rows.any():
-            row = int(np.argmax(bad_rows))
-            i = int(np.searchsorted(self.offsets, row, side="right") - 1)
-            raise ValueError(f"features of sentence {i} (id {self.ids[i]}) contain NaN or Inf")
+        """Raise FeaturesError (a ValueError) naming the first sentence whose token rows or token stats
+        (p_next, p_sqnorm) hold a NaN or Inf."""
+        for name, arr in (("features", self.values), ("p_next", self.p_next), ("p_sqnorm", self.p_sqnorm)):
+            if arr is None:
+                continue
+            finite = np.isfinite(np.asarray(arr, dtype=np.float32))
+            bad_rows = ~(finite.all(axis=1) if finite.ndim == 2 else finite)
+            if bad_rows.any():
+                row = int(np.argmax(bad_rows))
+                i = int(np.searchsorted(self.offsets, row, side="right") - 1)
+                raise FeaturesError(f"{name} of sentence {i} (id {self.ids[i]}) contain NaN or Inf")
 
     # -- disk ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -142,23 +147,34 @@ class TokenFeatures:
 
     @classmethod
     def _load(cls, src: Path, mmap: bool) -> TokenFeatures:
+        """Read and check what a constructor cannot: dtypes (a cast would hide a wrong file) and ids."""
         values = np.load(src / VALUES, mmap_mode="r" if mmap else None, allow_pickle=False)
         offsets = np.load(src / OFFSETS, allow_pickle=False)
-        ids = json.loads((src / IDS).read_text())
-        if not isinstance(ids, list):
-            raise ValueError(f"{IDS} must hold a JSON list of ids")
+        ids = json.loads((src / IDS).read_text(encoding="utf-8"))
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"{IDS} must hold a JSON list of string ids")
+        seen: set[str] = set()
+        for i in ids:
+            if i in seen:
+                raise ValueError(f"{IDS}: id {i!r} repeats")
+            seen.add(i)
 
         def optional(name: str, mode: str | None) -> np.ndarray | None:
             return np.load(src / name, mmap_mode=mode, allow_pickle=False) if (src / name).exists() else None
 
-        return cls(
-            values,
-            offsets,
-            ids,
-            costs=optional(COSTS, None),
-            p_next=optional(P_NEXT, "r" if mmap else None),
-            p_sqnorm=optional(P_SQNORM, "r" if mmap else None),
-        )
+        costs = optional(COSTS, None)
+        p_next, p_sqnorm = optional(P_NEXT, "r" if mmap else None), optional(P_SQNORM, "r" if mmap else None)
+        for name, arr, kind in (
+            (VALUES, values, "f"),
+            (OFFSETS, offsets, "iu"),
+            (COSTS, costs, "iu"),
+            (P_NEXT, p_next, "f"),
+            (P_SQNORM, p_sqnorm, "f"),
+        ):
+            if arr is not None and arr.dtype.kind not in kind:
+                want = "floating-point" if kind == "f" else "integer"
+                raise ValueError(f"{name} must hold {want} numbers, got dtype {arr.dtype}")
+        return cls(values, offsets, ids, costs=costs, p_next=p_next, p_sqnorm=p_sqnorm)
 
     @classmethod
     def from_list(cls, sentences: list[np.ndarray], ids: list[str] | None = None) -> TokenFeatures:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infosift.errors import DataError
 from infosift.hashing import file_sha256
 
 
@@ -72,8 +73,32 @@ def build_manifest(
 UNHASHED = ("hash", "seconds", "timings")
 
 
-def verify_manifest(manifest: dict) -> None:
-    """Raise ValueError if the manifest was edited after it was written."""
+def verify_manifest(manifest: dict, where: str = "manifest") -> None:
+    """Raise DataError (a ValueError) if the manifest is not one or was edited after it was written."""
+    if not isinstance(manifest, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
     body = {k: v for k, v in manifest.items() if k not in UNHASHED}
     if content_hash(body) != manifest.get("hash"):
-        raise ValueError("manifest hash does not match its content (edited by hand?)")
+        raise DataError(f"{where}: hash does not match its content (edited by hand?); rerun select")
+
+
+def read_manifest(path: str | Path) -> dict:
+    """A selection manifest from disk, checked: JSON object, untouched since select wrote it, ids a list of strings.
+
+    The one reader for every stage downstream of select, so a truncated, foreign or hand-edited manifest is
+    one DataError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the select stage that writes it")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    verify_manifest(manifest, str(path))
+    ids = manifest.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise DataError(f"{path}: field 'ids' must be a list of record ids")
+    return manifest

@@ -14,6 +14,7 @@ rename on success, so a killed or concurrent run never leaves a half-written dir
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -22,10 +23,16 @@ from pathlib import Path
 
 from infosift.atomic import atomic_output, atomic_write_text
 from infosift.device import pick_device
-from infosift.errors import ModelResolutionError
+from infosift.errors import DeviceError, ModelResolutionError
 from infosift.hashing import file_sha256
 
-__all__ = ["ModelResolutionError", "load_model_and_tokenizer", "model_fingerprint", "resolve_base_model"]
+__all__ = [
+    "ModelResolutionError",
+    "check_model_dir",
+    "load_model_and_tokenizer",
+    "model_fingerprint",
+    "resolve_base_model",
+]
 
 BUNDLED_PREFIX = "bundled:"
 # bundled name -> (python package holding the file, GGUF file name inside the package)
@@ -80,17 +87,50 @@ def resolve_base_model(spec: str, cache_dir: str | os.PathLike, trust_remote_cod
     return _resolve_hub(spec, cache, trust_remote_code)
 
 
+# weight files transformers loads from a local dir (one file, or an index of shards)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def check_model_dir(path: str | os.PathLike, trust_remote_code: bool = False) -> Path:
+    """A local HF model dir, checked before anything loads it: it exists, its config.json is a JSON object of a
+    model type transformers knows (or custom code the caller allows), and it holds weights.
+
+    Each problem is a ModelResolutionError naming the dir, so a stage fails in one line instead of deep
+    inside transformers.
+    """
+    return _check_local_dir(Path(path), trust_remote_code)
+
+
 def _check_local_dir(path: Path, trust_remote_code: bool) -> Path:
-    """A local model dir must exist, hold config.json, and not need custom code unless allowed."""
+    """A local model dir must exist, hold config.json and weights, and not need custom code unless allowed."""
     if not path.is_dir():
-        raise ModelResolutionError(f"base model directory {path} does not exist")
-    config = path / "config.json"
-    if not config.is_file():
+        raise ModelResolutionError(f"model directory {path} does not exist")
+    config_file = path / "config.json"
+    if not config_file.is_file():
         raise ModelResolutionError(f"{path} is not a Hugging Face model directory (no config.json)")
-    if "auto_map" in json.loads(config.read_text()) and not trust_remote_code:
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelResolutionError(f"{config_file}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelResolutionError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    if "auto_map" in config and not trust_remote_code:
         raise ModelResolutionError(
             f"{path} needs custom model code (auto_map in config.json); set trust_remote_code to allow it"
         )
+    if "auto_map" not in config:
+        from transformers import CONFIG_MAPPING
+
+        model_type = config.get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise ModelResolutionError(f"{config_file}: model_type {model_type!r} is not one transformers knows")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ModelResolutionError(f"{path} holds no weights (none of {', '.join(WEIGHT_FILES)})")
     return path.resolve()
 
 
@@ -183,8 +223,6 @@ def autocast(device):
 
     Master weights stay fp32 (see load_model_and_tokenizer); only the matrix products drop precision.
     """
-    import contextlib
-
     import torch
 
     device = torch.device(device)
@@ -204,13 +242,48 @@ def load_model_and_tokenizer(model_dir, device=None, dtype=None, trust_remote_co
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch.device(pick_device(device))
+    device = torch_device(device)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    with _load_errors(model_dir, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    with _load_errors(model_dir, "model"):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer
+
+
+def torch_device(device=None):
+    """``device`` (or the default, see pick_device) as a torch.device this machine has; else a DeviceError."""
+    import torch
+
+    name = pick_device(device)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"device {name!r} is not a torch device (use cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            raise DeviceError(f"device {name!r} is not available here ({n} CUDA devices)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device 'mps' is not available here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {name!r}: infosift runs on cpu, cuda or mps")
+    return dev
+
+
+@contextlib.contextmanager
+def _load_errors(model_dir, what: str):
+    """Turn what transformers raises for a broken model dir (missing or truncated files, bad JSON, unknown
+    classes) into one ModelResolutionError naming the dir; anything else keeps its traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, TypeError, KeyError, EOFError, RuntimeError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ModelResolutionError(f"{model_dir}: cannot load the {what} ({type(e).__name__}: {first})") from None

@@ -72,14 +72,19 @@ def get_query(name: str) -> QueryKind:
 def targets_query(src: QuerySource) -> QueryInputs:
     """GIP toward the target slice's token features."""
     path = src.features / "target"
-    return {"targets": TokenFeatures.load(path, mmap=True)}, {"targets": path_sha256(path)}
+    targets = TokenFeatures.load(path, mmap=True)
+    if len(targets) == 0:
+        raise SelectionError(f"query 'targets' needs a target slice, {path} holds none: set download.target_size > 0")
+    return {"targets": targets}, {"targets": path_sha256(path)}
 
 
 @register_query("scores")
 def self_scores_query(src: QuerySource) -> QueryInputs:
     """GIP toward the pool's self-scores, written by embed."""
     path = src.features / "pool" / "self_scores.npy"
-    return {"scores": np.load(path)}, {"scores": path_sha256(path)}
+    if not path.is_file():
+        raise SelectionError(f"query 'scores' needs {path} (the pool's self-scores, written by embed); rerun embed")
+    return {"scores": np.load(path, allow_pickle=False)}, {"scores": path_sha256(path)}
 
 
 @register_query("dsir")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from infosift.chat import collate, encode_pair
+from infosift.errors import SketchError
 
 
 def hadamard(n: int) -> torch.Tensor:
@@ -100,7 +101,7 @@ class FisherSketch:
     def signature(self) -> np.ndarray:
         """(m,) float32: the mean ψ over every token seen (16 KB at m = 4096)."""
         if self.count == 0:
-            raise ValueError("empty sketch: no tokens were added")
+            raise SketchError("empty sketch: no tokens were added")
         return (self.total / self.count).astype(np.float32)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +24,33 @@ class StageError(Exception):
     """A user-facing problem: printed as one line, exit code 1."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (two variants named alike): PyYAML keeps the
+    last one silently, DVC's own YAML reader refuses the file."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, list | dict):  # unhashable: let PyYAML raise its own error
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def params(section: str | None = None, path: str = "params.yaml") -> dict:
     """params.yaml (or one section of it). Only stages read it; the library gets plain arguments."""
     p = Path(path)
     if not p.exists():
         raise StageError(f"{path} not found (run stages from the repository root)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise StageError(f"{path}: not UTF-8 (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
@@ -39,6 +61,8 @@ def params(section: str | None = None, path: str = "params.yaml") -> dict:
         return data
     if section not in data:
         raise StageError(f"{path} has no '{section}' section")
+    if not isinstance(data[section], dict):  # every section is a mapping: `select: fishersft` is a typo
+        raise StageError(f"{path} {section}: must be a mapping, got {data[section]!r}")
     return data[section]
 
 
@@ -67,11 +91,28 @@ def run(main: Callable[[list[str]], None]) -> None:
     try:
         main(sys.argv[1:])
     except (StageError, InfosiftError, OSError, ValueError) as e:
+        _end_progress_bars()
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(1)
     except KeyError as e:
+        _end_progress_bars()
         print(f"error: missing parameter or field {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _end_progress_bars() -> None:
+    """Close the tqdm bars an error interrupted, so that the error line starts a line of its own.
+
+    tqdm redraws a bar with '\\r' and no newline; an error printed after it would sit at the end of the bar's
+    line, and the bar would be drawn once more at exit.
+    """
+    tqdm = sys.modules.get("tqdm")
+    bars = list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or [])
+    for bar in bars:
+        bar.leave = False
+        bar.close()
+    if bars:
+        sys.stderr.write("\n")
 
 
 def _one_line(e: BaseException) -> str:
@@ -108,6 +149,8 @@ def check_param(
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise StageError(f"{where}: must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # YAML's .nan and .inf are floats too
+            raise StageError(f"{where}: must be a finite number, got {value!r}")
     if kind in (str, list, dict, bool) and not isinstance(value, kind):
         raise StageError(f"{where}: must be a {kind.__name__}, got {value!r}")
     if low is not None and value < low:  # type: ignore[operator]
@@ -119,10 +162,63 @@ def check_param(
     return value
 
 
+def check_items(
+    values: object,
+    name: str,
+    kind: type,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple | list | None = None,
+    unique: bool = True,
+) -> list:
+    """A non-empty list of params.yaml ``name`` whose items each pass check_param (``name[i]`` in the error).
+
+    ``unique``: a repeated item (budgets [5, 5], seeds [0, 0]) would give two runs one output name.
+    """
+    items = check_param(values, name, list)
+    if not items:
+        raise StageError(f"params.yaml {name}: empty; give at least one value")
+    checked = [check_param(v, f"{name}[{i}]", kind, low=low, high=high, choices=choices) for i, v in enumerate(items)]
+    if unique:
+        repeated = sorted({v for v in checked if checked.count(v) > 1}, key=str)
+        if repeated:
+            raise StageError(f"params.yaml {name}: {repeated[0]!r} is listed twice")
+    return checked
+
+
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def check_device(value: object, name: str) -> str | None:
+    """A params.yaml device (cpu, cuda, cuda:N, mps, or nothing for the default), checked to exist here.
+
+    Checked when the stage starts: torch would otherwise fail deep inside model loading with a traceback.
+    """
+    if value is None:
+        return None
+    device = check_param(value, name, str)
+    if not DEVICE.fullmatch(device):
+        raise StageError(f"params.yaml {name}: must be cpu, cuda, cuda:N or mps, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= n:
+            raise StageError(f"params.yaml {name}: {device} is not available here ({n} CUDA devices)")
+    if device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise StageError(f"params.yaml {name}: mps is not available here")
+    return device
+
+
 def check_keys(section: dict, name: str, known: set[str] | list[str]) -> None:
     """An unknown key in a params section is a typo until proven otherwise: name it and the known ones."""
     if not isinstance(section, dict):
         raise StageError(f"params.yaml {name}: must be a mapping, got {section!r}")
-    unknown = sorted(set(section) - set(known))
+    unknown = sorted(set(section) - set(known), key=str)  # YAML keys may be numbers too
     if unknown:
         raise StageError(f"params.yaml {name}.{unknown[0]}: unknown parameter; known: {', '.join(sorted(known))}")

@@ -27,7 +27,7 @@ def contamination_option(option: dict | None, seed: int) -> Contamination | None
         return None
     if not isinstance(option, dict):
         raise StageError(f"download.contaminate must be a mapping with {', '.join(CONTAMINATE_KEYS)}, got {option!r}")
-    unknown = sorted(set(option) - set(CONTAMINATE_KEYS))
+    unknown = sorted(set(option) - set(CONTAMINATE_KEYS), key=str)
     if unknown:
         raise StageError(f"download.contaminate: unknown key {unknown[0]!r} (known: {', '.join(CONTAMINATE_KEYS)})")
     share = option.get("share", 0)
@@ -36,10 +36,9 @@ def contamination_option(option: dict | None, seed: int) -> Contamination | None
     modes = option.get("modes", ("swap", "truncate"))
     if isinstance(modes, str) or not isinstance(modes, list | tuple):
         raise StageError(f"download.contaminate.modes must be a list of modes, got {modes!r}")
-    try:
-        return Contamination(share, int(option.get("seed", seed)), tuple(modes))
-    except (ValueError, TypeError) as e:  # a seed that is not a whole number
-        raise StageError(f"download.contaminate: {e}") from None
+    # share and modes are checked where they are applied (split_records), the seed here: int(1.5) would pass
+    contamination_seed = check_param(option.get("seed", seed), "download.contaminate.seed", int, low=0)
+    return Contamination(share, contamination_seed, tuple(modes))
 
 
 KNOWN = {
@@ -68,6 +67,10 @@ def checked_params() -> dict:
     check_param(p.get("target_size", 0), "download.target_size", int, low=0)
     check_param(p.get("test_size"), "download.test_size", int, low=1, allow_none=True)
     check_param(p.get("seed", 0), "download.seed", int, low=0)
+    check_param(p.get("train_split", "train"), "download.train_split", str)
+    check_param(p.get("test_split", "test"), "download.test_split", str)
+    if not p["dataset"].strip():
+        raise StageError("params.yaml download.dataset: empty; name a dataset (a mirror folder or a known hub dataset)")
     fields = p.get("fields") or {}
     check_param(fields, "download.fields", dict)
     check_keys(fields, "download.fields", {"prompt", "response"})
@@ -78,13 +81,13 @@ def checked_params() -> dict:
 
 def main(argv: list[str]) -> None:
     p = checked_params()
+    contamination = contamination_option(p.get("contaminate"), p["seed"])
     fields = p.get("fields") or {}
     spec = dataset_spec(p["dataset"], fields.get("prompt"), fields.get("response"))
     train_path = locate(spec.name, p.get("train_split", "train"), p.get("mirror_dir"), p["hub_cache"])
     test_path = locate(spec.name, p.get("test_split", "test"), p.get("mirror_dir"), p["hub_cache"])
     train, train_dupes = load_file(train_path, spec)
     test, test_dupes = load_file(test_path, spec)
-    contamination = contamination_option(p.get("contaminate"), p["seed"])
     try:
         splits = split_records(
             train,

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infosift.data import mt_bench_files, read_records
-from infosift.errors import DataError
+from infosift.data import MTBenchFiles, mt_bench_files, read_examples, read_mt_bench
+from infosift.errors import DataError, ModelResolutionError
 from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judged
 from infosift.evaluate.gsm8k import write_task_file
-from stages._common import StageError, atomic_output, check_keys, check_param, params, run
+from infosift.models import check_model_dir
+from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
 from stages.model import base_model_dir, trust_remote_code
 
 MT_BENCH_KEYS = {"limit", "judge", "judge_model", "judge_base_url", "judge_api_key_env", "max_new_tokens", "batch_size"}
+GSM8K_KEYS = {"limit", "max_gen_toks", "batch_size"}
 JUDGE_CACHE = ".cache/judge"  # API judge replies by request hash: a rerun pays nothing (not a DVC output)
 
 
@@ -33,16 +35,27 @@ def main(argv: list[str]) -> None:
     check_param(p.get("n_test"), "evaluate.n_test", int, low=1, allow_none=True)
     check_param(p.get("max_length", 512), "evaluate.max_length", int, low=8)
     check_param(p.get("batch_size", 8), "evaluate.batch_size", int, low=1)
+    check_device(p.get("device"), "evaluate.device")
     for suite in ("gsm8k", "mt_bench"):
         cfg = check_param(p.get(suite) or {}, f"evaluate.{suite}", dict)
         check_param(cfg.get("limit", 0), f"evaluate.{suite}.limit", int, low=0)
+    check_gsm8k(p.get("gsm8k") or {})
     mt = p.get("mt_bench") or {}
     check_mt_bench(mt)
+    trust = trust_remote_code()
     model_dir = base_model_dir()[0] if name == "base" else Path("models") / name
     if not (Path(model_dir) / "config.json").exists():
         raise StageError(f"no model at {model_dir}; run its finetune stage first")
-    test = read_records("data/download/test.jsonl")
-    n_test, trust = p.get("n_test"), trust_remote_code()
+    check_model_dir(model_dir, trust)  # a dir with config.json but no weights, or a broken config
+    test = read_examples("data/download/test.jsonl")
+    if mt.get("limit", 0):  # the judged suite's files and judge model, before any model runs
+        read_mt_bench(mt_bench_files_of_params(), templates=True)
+        if mt.get("judge", "overlap") == "local" and mt.get("judge_model", "base") != "base":
+            try:
+                check_model_dir(mt["judge_model"], trust)
+            except ModelResolutionError as e:
+                raise StageError(f"params.yaml evaluate.mt_bench.judge_model: {e}") from None
+    n_test = p.get("n_test")
     metrics: dict = {"model": name}
     with atomic_output(Path("results/evaluate") / name) as tmp:
         tmp.mkdir()
@@ -83,9 +96,19 @@ def write_per_example(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps({k: r[k] for k in ("id", "nll_sum", "n_tokens")}) + "\n" for r in rows))
 
 
+def check_gsm8k(gsm: dict) -> None:
+    """lm-eval GSM8K settings: known keys, positive generation length and batch size."""
+    check_keys(gsm, "evaluate.gsm8k", GSM8K_KEYS)
+    check_param(gsm.get("max_gen_toks", 256), "evaluate.gsm8k.max_gen_toks", int, low=1)
+    check_param(gsm.get("batch_size", 8), "evaluate.gsm8k.batch_size", int, low=1)
+
+
 def check_mt_bench(mt: dict) -> None:
     """The judge settings, checked before any model runs; an API judge needs a URL and a model name."""
     check_keys(mt, "evaluate.mt_bench", MT_BENCH_KEYS)
+    check_param(mt.get("max_new_tokens", 256), "evaluate.mt_bench.max_new_tokens", int, low=1)
+    check_param(mt.get("batch_size", 4), "evaluate.mt_bench.batch_size", int, low=1)
+    check_param(mt.get("judge_model", "base"), "evaluate.mt_bench.judge_model", str)
     judge = check_param(mt.get("judge", "overlap"), "evaluate.mt_bench.judge", str, choices=tuple(JUDGES))
     if judge == "api":
         check_param(mt.get("judge_base_url"), "evaluate.mt_bench.judge_base_url", str)
@@ -95,12 +118,18 @@ def check_mt_bench(mt: dict) -> None:
         check_param(mt.get("judge_api_key_env", "OPENAI_API_KEY"), "evaluate.mt_bench.judge_api_key_env", str)
 
 
-def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: bool) -> dict:
-    """MT-Bench first turns scored by the configured judge; 'base' as judge model = the base model."""
+def mt_bench_files_of_params() -> MTBenchFiles:
+    """MT-Bench's files under download.mirror_dir; missing ones are an error naming evaluate.mt_bench."""
+    mirror = check_param(params("download").get("mirror_dir", "../shared/data"), "download.mirror_dir", str)
     try:
-        files = mt_bench_files(params("download").get("mirror_dir", "../shared/data"))
+        return mt_bench_files(mirror)
     except DataError as e:
         raise StageError(f"evaluate.mt_bench: {e}") from None
+
+
+def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: bool) -> dict:
+    """MT-Bench first turns scored by the configured judge; 'base' as judge model = the base model."""
+    files = mt_bench_files_of_params()
     judge, judge_model = mt.get("judge", "overlap"), mt.get("judge_model", "base")
     if judge == "local" and judge_model == "base":
         judge_model = str(base_model_dir()[0])  # resolved only when a local judge needs it

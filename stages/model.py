@@ -5,20 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from infosift.models import ModelResolutionError, resolve_base_model
-from stages._common import StageError, params
+from stages._common import StageError, check_keys, check_param, params
+
+KEYS = {"base_model", "cache_dir", "trust_remote_code"}
+
+
+def model_params() -> dict:
+    """params.yaml `model`, checked: base_model a non-empty string, cache_dir a string, trust_remote_code a bool."""
+    p = params("model")
+    check_keys(p, "model", KEYS)
+    spec = check_param(p.get("base_model"), "model.base_model", str)
+    if not spec.strip():
+        raise StageError("params.yaml model.base_model: empty; give a bundled: name, a local HF dir or a hub id")
+    check_param(p.get("cache_dir", ".cache/models"), "model.cache_dir", str)
+    check_param(p.get("trust_remote_code", False), "model.trust_remote_code", bool)
+    return {"cache_dir": ".cache/models", "trust_remote_code": False, **p}
 
 
 def trust_remote_code() -> bool:
     """params.yaml model.trust_remote_code: consent to run the model's own code, for every stage that loads it
     (the base model, and the fine-tunes made from it); off when params.yaml says nothing of it."""
-    return bool((params().get("model") or {}).get("trust_remote_code", False))
+    if "model" not in params():
+        return False
+    return bool(model_params()["trust_remote_code"])
 
 
 def base_model_dir() -> tuple[Path, bool]:
     """(HF dir of model.base_model, trust_remote_code); a model that cannot be had is a StageError."""
-    p = params("model")
-    trust = trust_remote_code()
+    p = model_params()
+    trust = bool(p["trust_remote_code"])
     try:
-        return resolve_base_model(str(p["base_model"]), p.get("cache_dir", ".cache/models"), trust), trust
+        return resolve_base_model(p["base_model"], p["cache_dir"], trust), trust
     except ModelResolutionError as e:
         raise StageError(str(e)) from None

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infosift.data import load_mt_bench, read_records, subsample
+from infosift.data import load_mt_bench, read_examples, subsample
+from infosift.errors import SketchError
 from infosift.models import load_model_and_tokenizer
 from infosift.plots import alignment_heatmap
 from infosift.sketch import alignment_matrix, rank_sources, sketch_corpus
@@ -21,24 +22,29 @@ from stages.model import base_model_dir
 OUT = Path("results/sketch")
 
 
+M_MAX = 1 << 20  # sketch width: 2^20 features is 4 MB per signature and far past where alignment estimates settle
+
+
 def _records(path: str, max_records: int | None, seed: int) -> list[dict]:
     """A normalized JSONL file, or `mt_bench` (read from the download stage's mirror directory)."""
     if path == "mt_bench":
-        return subsample(load_mt_bench(params("download")["mirror_dir"]), max_records, seed)
+        mirror = check_param(params("download").get("mirror_dir"), "download.mirror_dir", str)
+        return subsample(load_mt_bench(mirror), max_records, seed)
     if not Path(path).exists():
         raise StageError(f"sketch corpus {path} not found")
-    records = subsample(read_records(path), max_records, seed)
+    records = subsample(read_examples(path), max_records, seed)
     if not records:
         raise StageError(f"sketch corpus {path} holds no records")
     return records
 
 
-def main(argv: list[str]) -> None:
+def checked_params() -> dict:
+    """The sketch section, each value checked before any corpus is read or the model is loaded."""
     p = params("sketch")
     check_keys(p, "sketch", {"target", "sources", "m", "seed", "batch_size", "max_length", "max_records"})
     check_param(p.get("target"), "sketch.target", str)
     check_param(p.get("sources"), "sketch.sources", dict)
-    check_param(p.get("m", 4096), "sketch.m", int, low=1)
+    check_param(p.get("m", 4096), "sketch.m", int, low=1, high=M_MAX)
     check_param(p.get("seed", 0), "sketch.seed", int, low=0)
     check_param(p.get("batch_size", 8), "sketch.batch_size", int, low=1)
     check_param(p.get("max_length", 384), "sketch.max_length", int, low=8)
@@ -46,22 +52,36 @@ def main(argv: list[str]) -> None:
     sources = p.get("sources") or {}
     if not p.get("target") or not sources:
         raise StageError("params.yaml sketch needs a target file and at least one source in sources")
+    for name, path in sources.items():
+        check_param(path, f"sketch.sources.{name}", str)
+        if not path.strip():
+            raise StageError(f"params.yaml sketch.sources.{name}: empty; give a JSONL file or mt_bench")
+    if "target" in sources:
+        raise StageError("params.yaml sketch.sources.target: 'target' names the target set; call this source otherwise")
+    return p
+
+
+def main(argv: list[str]) -> None:
+    p = checked_params()
     seed, max_records = int(p.get("seed", 0)), p.get("max_records")
+    corpora = {"target": p["target"], **p["sources"]}
+    records = {name: _records(path, max_records, seed) for name, path in corpora.items()}  # all read: then the model
     model_dir, trust = base_model_dir()
     model, tok = load_model_and_tokenizer(model_dir, trust_remote_code=trust)
-    corpora = {"target": p["target"], **sources}
-    sigs = {
-        name: sketch_corpus(
-            model,
-            tok,
-            _records(path, max_records, seed),
-            m=int(p.get("m", 4096)),
-            seed=seed,
-            batch_size=int(p.get("batch_size", 8)),
-            max_length=int(p.get("max_length", 384)),
-        )
-        for name, path in corpora.items()
-    }
+    sigs = {}
+    for name, recs in records.items():
+        try:
+            sigs[name] = sketch_corpus(
+                model,
+                tok,
+                recs,
+                m=int(p.get("m", 4096)),
+                seed=seed,
+                batch_size=int(p.get("batch_size", 8)),
+                max_length=int(p.get("max_length", 384)),
+            )
+        except SketchError as e:
+            raise StageError(f"sketch corpus {name}: {e}; are its responses cut off by sketch.max_length?") from None
     target = sigs.pop("target")
     names, mat = alignment_matrix({"target": target, **sigs})
     result = {"target": p["target"], "ranking": rank_sources(target, sigs), "names": names, "pairwise": mat.tolist()}

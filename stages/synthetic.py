@@ -20,31 +20,48 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from infosift import synthetic as syn  # noqa: E402
-from stages._common import StageError, atomic_output, params, run  # noqa: E402
+from infosift.errors import InfosiftError  # noqa: E402
+from infosift.select import get_selector  # noqa: E402
+from stages._common import StageError, atomic_output, check_items, check_keys, check_param, params, run  # noqa: E402
 
 OUT = Path("results/synthetic")
 PROBLEM_KEYS = ("d", "num_classes", "tokens_per_sentence", "pool_size", "test_size", "theta_scale")
+KEYS = {*PROBLEM_KEYS, "scale_range", "ridge", "budgets", "seeds", "selectors"}
 
 
 def config(p: dict) -> tuple[dict, list[int], list[int], dict, float]:
-    """(selectors, budgets, seeds, problem kwargs, MLE ridge) from the params section, validated."""
-    try:
-        problem = {k: p[k] for k in PROBLEM_KEYS if k in p}
-        problem["scale_range"] = tuple(float(s) for s in p.get("scale_range", (0.1, 2.0)))
-        budgets, seeds = [int(n) for n in p["budgets"]], list(range(int(p["seeds"])))
-        selectors, ridge = dict(p["selectors"]), float(p.get("ridge", 1.0))
-    except KeyError as e:
-        raise StageError(f"params.yaml synthetic: missing key {e}") from None
-    except (TypeError, ValueError) as e:
-        raise StageError(f"params.yaml synthetic: {e}") from None
-    pool = int(problem.get("pool_size", 1000))
-    if not budgets or min(budgets) < 1 or max(budgets) > pool:
-        raise StageError(f"synthetic budgets {budgets} must lie in 1..pool_size ({pool})")
-    if not seeds or ridge <= 0 or not selectors:
-        raise StageError("synthetic needs seeds >= 1, ridge > 0 and at least one selector")
-    lo, hi = problem["scale_range"]
+    """(selectors, budgets, seeds, problem kwargs, MLE ridge) from the params section, each value checked."""
+    check_keys(p, "synthetic", KEYS)
+    lows = {"d": 1, "num_classes": 2, "tokens_per_sentence": 1, "pool_size": 1, "test_size": 1}
+    defaults = {"d": 10, "num_classes": 20, "tokens_per_sentence": 10, "pool_size": 1000, "test_size": 500}
+    problem: dict = {k: check_param(p.get(k, defaults[k]), f"synthetic.{k}", int, low=low) for k, low in lows.items()}
+    problem["theta_scale"] = check_param(p.get("theta_scale", 1.0), "synthetic.theta_scale", float, low=0.0)
+    if problem["theta_scale"] == 0:
+        raise StageError("params.yaml synthetic.theta_scale: must be > 0 (Θ = 0 labels every token uniformly)")
+    scale_range = check_param(p.get("scale_range", [0.1, 2.0]), "synthetic.scale_range", list)
+    if len(scale_range) != 2:
+        raise StageError(f"params.yaml synthetic.scale_range: must be [low, high], got {scale_range!r}")
+    lo, hi = (check_param(v, f"synthetic.scale_range[{i}]", float) for i, v in enumerate(scale_range))
     if not 0 < lo <= hi:
-        raise StageError(f"synthetic scale_range must be 0 < low <= high, got {[lo, hi]}")
+        raise StageError(f"params.yaml synthetic.scale_range: must be 0 < low <= high, got {[lo, hi]}")
+    problem["scale_range"] = (lo, hi)
+    ridge = check_param(p.get("ridge", 1.0), "synthetic.ridge", float)
+    if ridge <= 0:
+        raise StageError(f"params.yaml synthetic.ridge: must be > 0, got {ridge!r}")
+    pool = problem["pool_size"]
+    budgets = check_items(p.get("budgets"), "synthetic.budgets", int, low=1)
+    if max(budgets) > pool:
+        raise StageError(f"params.yaml synthetic.budgets: {max(budgets)} is more than pool_size ({pool})")
+    seeds = list(range(check_param(p.get("seeds"), "synthetic.seeds", int, low=1)))
+    selectors = check_param(p.get("selectors"), "synthetic.selectors", dict)
+    if not selectors:
+        raise StageError("params.yaml synthetic.selectors: empty; name at least one selector, e.g. {random: {}}")
+    for name, options in selectors.items():
+        check_param(options or {}, f"synthetic.selectors.{name}", dict)
+        try:  # built once here so that a typo fails now, not after the first seed's fits
+            get_selector(name, **(options or {}))
+        except (InfosiftError, TypeError) as e:  # unknown selector, unknown or mistyped parameter
+            raise StageError(f"params.yaml synthetic.selectors.{name}: {e}") from None
     return {k: dict(v or {}) for k, v in selectors.items()}, budgets, seeds, problem, ridge
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from infosift.features import TokenFeatures
+from stages._common import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,3 +256,436 @@ def test_evaluate_rejects_bad_params(tmp_path, evaluate, message):
 def test_sketch_and_compare_reject_bad_params(tmp_path, section, value, stage, message):
     write_params(tmp_path, {section: value})
     assert_one_error_line(run_stage(tmp_path, stage), message)
+
+
+# -- red-team regressions: each bad input below once ended in a traceback, a silent acceptance or a line
+# -- without its place; in-process where the check runs before any model loads, so they stay fast.
+
+
+def in_workspace(monkeypatch, tmp_path: Path, params: dict) -> Path:
+    """tmp_path as the working directory of a stage, holding ``params`` as params.yaml."""
+    write_params(tmp_path, params)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_params_file_not_utf8_and_sections_that_are_not_mappings(tmp_path):
+    from stages._common import params
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"download:\n  dataset: \xff\n")
+    with pytest.raises(StageError, match=r"params.yaml: not UTF-8 \(byte 21\)"):
+        params("download", path=str(path))
+    for value in ("fishersft", [1, 2], None):
+        path.write_text(yaml.safe_dump({"select": value}))
+        with pytest.raises(StageError, match="params.yaml select: must be a mapping"):
+            params("select", path=str(path))
+
+
+def test_params_refuses_a_key_given_twice(tmp_path):
+    from stages._common import params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("select:\n  variants:\n    random: {selector: random}\n    random: {selector: fishersft}\n")
+    with pytest.raises(StageError, match=r"params.yaml:4: not valid YAML \(key 'random' appears twice"):
+        params("select", path=str(path))
+
+
+def test_unknown_keys_of_mixed_types():
+    from stages._common import check_keys
+
+    with pytest.raises(StageError, match="params.yaml evaluate.1: unknown parameter"):
+        check_keys({1: 2, "foo": 3, "n_test": 1}, "evaluate", {"n_test"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_check_param_rejects_non_finite_floats(value):
+    from stages._common import check_param
+
+    with pytest.raises(StageError, match="finetune.train.lr: must be a finite number"):
+        check_param(value, "finetune.train.lr", float, low=0.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([], "b: empty"),
+        ([5, 5], "b: 5 is listed twice"),
+        ([5, 5.5], r"b\[1\]: must be a whole number"),
+        (5, "b: must be a list"),
+    ],
+)
+def test_check_items(values, message):
+    from stages._common import check_items
+
+    with pytest.raises(StageError, match=message):
+        check_items(values, "b", int, low=1)
+
+
+@pytest.mark.parametrize("device", ["tpu", "3", "cuda:99", 0])
+def test_check_device_names_the_parameter(device):
+    from stages._common import check_device
+
+    with pytest.raises(StageError, match="params.yaml evaluate.device: "):
+        check_device(device, "evaluate.device")
+
+
+def test_error_after_a_progress_bar_starts_its_own_line(monkeypatch, capsys):
+    from tqdm.auto import tqdm
+
+    from infosift.errors import DataError
+    from stages._common import run
+
+    def main(argv):
+        bar = tqdm(total=3, desc="embed")
+        bar.update(1)
+        raise DataError("pool.jsonl:2: missing field 'response'")
+
+    monkeypatch.setattr(sys, "argv", ["stage"])
+    with pytest.raises(SystemExit) as exit_:
+        run(main)
+    assert exit_.value.code == 1
+    lines = capsys.readouterr().err.split("\n")
+    assert "error: pool.jsonl:2: missing field 'response'" in lines
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"base_model": "x", "trust_remote_code": "yes"}, "model.trust_remote_code: must be a bool"),
+        ({"cache_dir": ".cache"}, "model.base_model: required"),
+        ({"base_model": 5}, "model.base_model: must be a str"),
+        ({"base_model": " "}, "model.base_model: empty"),
+        ({"base_model": "x", "cache_dir": 3}, "model.cache_dir: must be a str"),
+        ({"base_model": "x", "revision": "main"}, "model.revision: unknown parameter"),
+    ],
+)
+def test_model_section_is_checked(monkeypatch, tmp_path, model, message):
+    from stages.model import base_model_dir
+
+    in_workspace(monkeypatch, tmp_path, {"model": model})
+    with pytest.raises(StageError, match=message):
+        base_model_dir()
+
+
+def broken_copy(src: Path, dst: Path, change) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    change(dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: (d / "model.safetensors").unlink(), "holds no weights"),
+        (lambda d: (d / "config.json").write_text("{bad"), "config.json: not valid JSON"),
+        (lambda d: (d / "config.json").write_text("[]"), "config.json: expected a JSON object, got list"),
+        (lambda d: (d / "config.json").write_text('{"model_type": "nosuch"}'), "model_type 'nosuch' is not one"),
+    ],
+)
+def test_model_dir_is_checked_before_loading(tmp_path, tiny_model_dir, change, message):
+    from infosift.errors import ModelResolutionError
+    from infosift.models import check_model_dir
+
+    with pytest.raises(ModelResolutionError, match=message):
+        check_model_dir(broken_copy(tiny_model_dir, tmp_path / "m", change))
+
+
+def test_truncated_weights_and_bad_device_are_one_error(tmp_path, tiny_model_dir):
+    from infosift.errors import DeviceError, ModelResolutionError
+    from infosift.models import load_model_and_tokenizer, torch_device
+
+    def truncate(d: Path) -> None:
+        (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000])
+
+    model_dir = broken_copy(tiny_model_dir, tmp_path / "m", truncate)
+    with pytest.raises(ModelResolutionError, match=r"m: cannot load the model \(SafetensorError"):
+        load_model_and_tokenizer(model_dir, device="cpu")
+    with pytest.raises(DeviceError, match="'tpu' is not a torch device"):
+        torch_device("tpu")
+    with pytest.raises(DeviceError, match="not available here"):
+        torch_device("cuda:99")
+
+
+def test_rows_nested_too_deeply_or_not_parquet(tmp_path):
+    from infosift.data import read_records
+    from infosift.errors import DataError
+
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(DataError, match="deep.jsonl:1: JSON nested too deeply"):
+        read_records(deep)
+    fake = tmp_path / "train.parquet"
+    fake.write_text('{"question": "q"}\n')
+    with pytest.raises(DataError, match="train.parquet: not a readable Parquet file"):
+        read_records(fake)
+
+
+def test_missing_mirror_split_names_where_it_looked(tmp_path):
+    from infosift.data import locate
+    from infosift.errors import DataError
+
+    with pytest.raises(DataError, match=r"split 'train': not in the local mirror \(.*mirror/mine/train\{.jsonl"):
+        locate("mine", "train", tmp_path / "mirror", tmp_path / "hub")
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ('{"question": "q", "answer": "a"}\n', ":1: missing field 'id' (has: answer, question); expected a normalized"),
+        ('{"id": "a", "prompt": "q", "response": 5}\n', ":1: field 'response' must be a non-empty string, got 5"),
+        ('{"id": "a", "prompt": "q", "response": "r"}\n' * 2, ":2: id 'a' repeats line 1"),
+    ],
+)
+def test_read_examples_checks_normalized_records(tmp_path, rows, message):
+    from infosift.data import read_examples
+    from infosift.errors import DataError
+
+    path = tmp_path / "pool.jsonl"
+    path.write_text(rows)
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_examples(path)
+    path.write_text("")
+    assert read_examples(path, allow_empty=True) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("question.jsonl", '{"question_id": 1, "category": "math", "turns": []}\n', "question.jsonl:1: field 'turns'"),
+        ("question.jsonl", '{"question_id": 1, "turns": ["a"]}\n', "question.jsonl:1: missing field 'category'"),
+        ("reference_answer_gpt-4.jsonl", '{"question_id": 9, "choices": []}\n', "question_id 9 is not in question"),
+        ("reference_answer_gpt-4.jsonl", '{"question_id": 2}\n', "gpt-4.jsonl:1: missing field 'choices'"),
+        ("judge_prompts.jsonl", '{"name": "single-v1", "prompt_template": "{nope}"}\n', "uses {nope}; known"),
+        ("judge_prompts.jsonl", '{"name": "single-v1", "prompt_template": "{question}"}\n', "no judge prompt named"),
+    ],
+)
+def test_mt_bench_files_are_checked(mt_files, name, text, message):
+    from infosift.data import mt_bench_files, read_mt_bench
+    from infosift.errors import DataError
+
+    (Path(mt_files["mirror"]) / "mt_bench" / name).write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_mt_bench(mt_bench_files(mt_files["mirror"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "message"),
+    [
+        ("values.npy", lambda v: v.astype(np.int32), "values.npy must hold floating-point numbers, got dtype int32"),
+        ("offsets.npy", lambda o: o + 0.5, "offsets.npy must hold integer numbers, got dtype float64"),
+        ("costs.npy", lambda c: c + 0.5, "costs.npy must hold integer numbers"),
+    ],
+)
+def test_features_with_a_wrong_dtype(tmp_path, name, array, message):
+    from infosift.errors import FeaturesError
+
+    feats = small_features()
+    feats.costs = np.full(len(feats), 3)
+    feats.save(tmp_path / "pool")
+    np.save(tmp_path / "pool" / name, array(np.load(tmp_path / "pool" / name)))
+    with pytest.raises(FeaturesError, match=message):
+        TokenFeatures.load(tmp_path / "pool")
+
+
+@pytest.mark.parametrize(("ids", "message"), [([0, 1, 2, 3, 4], "list of string ids"), (["a"] * 5, "id 'a' repeats")])
+def test_features_with_bad_ids(tmp_path, ids, message):
+    from infosift.errors import FeaturesError
+
+    small_features().save(tmp_path / "pool")
+    (tmp_path / "pool" / "ids.json").write_text(json.dumps(ids))
+    with pytest.raises(FeaturesError, match=message):
+        TokenFeatures.load(tmp_path / "pool")
+
+
+def test_check_finite_covers_token_stats():
+    from infosift.errors import FeaturesError
+
+    feats = small_features()
+    feats.p_next = np.ones(len(feats.values), np.float32)
+    feats.p_next[7] = np.nan
+    with pytest.raises(FeaturesError, match=r"p_next of sentence 2 \(id 2\) contain NaN"):
+        feats.check_finite()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[1, 2]", "manifest.json: expected a JSON object, got list"), ("{bad", "manifest.json:1: not valid JSON"),
+     ("", "manifest.json:1: not valid JSON"), ('{"ids": []}', "manifest.json: hash does not match")],
+)  # fmt: skip
+def test_read_manifest(tmp_path, text, message):
+    from infosift.errors import DataError
+    from infosift.manifest import read_manifest
+
+    path = tmp_path / "manifest.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_manifest(path)
+
+
+def test_read_manifest_wants_string_ids(tmp_path):
+    from infosift.errors import DataError
+    from infosift.manifest import content_hash, read_manifest
+
+    body = {"ids": [1, 2]}
+    (tmp_path / "manifest.json").write_text(json.dumps({**body, "hash": content_hash(body)}))
+    with pytest.raises(DataError, match="field 'ids' must be a list of record ids"):
+        read_manifest(tmp_path / "manifest.json")
+
+
+@pytest.mark.parametrize(
+    ("text", "weights", "message"),
+    [
+        ("{bad", {"h": 1.0}, "scores.json:1: not valid JSON"),
+        ('{"a": {"h": "high"}}', {"h": 1.0}, "scores.json: id a attribute 'h' is not a finite number"),
+        ('{"a": {"h": 1}}', ["h"], "attribute weights must be a mapping"),
+    ],
+)
+def test_attribute_scores_name_the_file(tmp_path, text, weights, message):
+    from infosift.errors import DataError
+    from infosift.scores import load_attribute_scores
+
+    (tmp_path / "scores.json").write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_attribute_scores(tmp_path / "scores.json", ["a"], weights)
+
+
+def test_queries_need_their_inputs(tmp_path):
+    from infosift.errors import SelectionError
+    from infosift.queries import QuerySource, get_query
+
+    TokenFeatures(np.zeros((0, 4), np.float16), np.zeros(1, np.int64), []).save(tmp_path / "target")
+    source = QuerySource(ids=["a"], features=tmp_path, download=tmp_path)
+    with pytest.raises(SelectionError, match="query 'targets' needs a target slice"):
+        get_query("targets")(source)
+    with pytest.raises(SelectionError, match="query 'scores' needs .*self_scores.npy"):
+        get_query("scores")(source)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"contaminate": {"share": 0.2, "seed": 1.5}}, "download.contaminate.seed: must be a whole number"),
+        ({"train_split": 1}, "download.train_split: must be a str"),
+        ({"dataset": ""}, "download.dataset: empty"),
+    ],
+)
+def test_download_params(monkeypatch, tmp_path, change, message):
+    from stages.download import checked_params, contamination_option
+
+    base = {"dataset": "gsm8k", "mirror_dir": "m", "pool_size": None, "target_size": 0, "seed": 0}
+    in_workspace(monkeypatch, tmp_path, {"download": {**base, **change}})
+    with pytest.raises(StageError, match=message):
+        p = checked_params()
+        contamination_option(p.get("contaminate"), p["seed"])
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "message"),
+    [
+        ({"device": "tpu"}, "evaluate.device: must be cpu, cuda, cuda:N or mps"),
+        ({"gsm8k": {"limit": 1, "num_fewshot": 2}}, "evaluate.gsm8k.num_fewshot: unknown parameter"),
+        ({"gsm8k": {"limit": 1, "max_gen_toks": 0}}, "evaluate.gsm8k.max_gen_toks: must be >= 1"),
+        ({"gsm8k": {"limit": 1, "batch_size": "x"}}, "evaluate.gsm8k.batch_size: must be a whole number"),
+        ({"mt_bench": {"limit": 1, "batch_size": 0}}, "evaluate.mt_bench.batch_size: must be >= 1"),
+        ({"mt_bench": {"limit": 1, "max_new_tokens": -1}}, "evaluate.mt_bench.max_new_tokens: must be >= 1"),
+        ({"mt_bench": {"limit": 1, "judge": "local", "judge_model": 5}}, "mt_bench.judge_model: must be a str"),
+        ({"batch_size": float("nan")}, "evaluate.batch_size: must be a whole number"),
+    ],
+)
+def test_evaluate_checks_every_param_first(monkeypatch, tmp_path, evaluate, message):
+    from stages.evaluate import main
+
+    in_workspace(monkeypatch, tmp_path, {"evaluate": evaluate})
+    with pytest.raises(StageError, match=message):
+        main(["base"])
+
+
+def evaluate_workspace(monkeypatch, tmp_path: Path, tiny_model_dir: Path, evaluate: dict, mirror: str = "m") -> Path:
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "v-5-s0-nll")
+    (tmp_path / "data" / "download").mkdir(parents=True)
+    (tmp_path / "data/download/test.jsonl").write_text('{"id": "a", "prompt": "what is 3 ?", "response": "3"}\n')
+    params = {"model": {"base_model": str(tiny_model_dir)}, "download": {"mirror_dir": mirror}, "evaluate": evaluate}
+    return in_workspace(monkeypatch, tmp_path, params)
+
+
+def test_evaluate_checks_its_inputs_before_loading_a_model(monkeypatch, tmp_path, tiny_model_dir, mt_files):
+    from infosift.errors import DataError, ModelResolutionError
+    from stages.evaluate import main
+
+    cwd = evaluate_workspace(monkeypatch, tmp_path, tiny_model_dir, {"n_test": 1})
+    (cwd / "models/v-5-s0-nll/model.safetensors").unlink()
+    with pytest.raises(ModelResolutionError, match="v-5-s0-nll holds no weights"):
+        main(["v-5-s0-nll"])
+    cwd = evaluate_workspace(monkeypatch, tmp_path / "2", tiny_model_dir, {"n_test": 1})
+    (cwd / "data/download/test.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    with pytest.raises(DataError, match="test.jsonl:1: missing field 'id'"):
+        main(["v-5-s0-nll"])
+    (Path(mt_files["mirror"]) / "mt_bench/judge_prompts.jsonl").write_text('{"name": "single-v1"}\n')
+    mt = {"mt_bench": {"limit": 1}}
+    cwd = evaluate_workspace(monkeypatch, tmp_path / "3", tiny_model_dir, mt, mt_files["mirror"])
+    with pytest.raises(DataError, match="judge_prompts.jsonl:1: field 'prompt_template' must be a string"):
+        main(["v-5-s0-nll"])
+    assert not (cwd / "results").exists()
+
+
+def test_evaluate_checks_a_local_judge_model_first(monkeypatch, tmp_path, tiny_model_dir, mt_files):
+    from stages.evaluate import main
+
+    mt = {"mt_bench": {"limit": 1, "judge": "local", "judge_model": "./nope"}}
+    cwd = evaluate_workspace(monkeypatch, tmp_path, tiny_model_dir, mt, mt_files["mirror"])
+    with pytest.raises(StageError, match="evaluate.mt_bench.judge_model: model directory nope does not exist"):
+        main(["v-5-s0-nll"])
+    assert not (cwd / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("sketch", "message"),
+    [
+        ({"sources": {"a": 5}}, "sketch.sources.a: must be a str"),
+        ({"sources": {"a": None}}, "sketch.sources.a: required"),
+        ({"sources": {"target": "t.jsonl"}}, "sketch.sources.target: 'target' names the target set"),
+        ({"sources": {"a": "t.jsonl"}, "m": 1 << 40}, "sketch.m: must be <= 1048576"),
+        ({"sources": {"a": "raw.jsonl"}}, "raw.jsonl:1: missing field 'id'"),
+    ],
+)
+def test_sketch_checks_params_and_corpora_before_the_model(monkeypatch, tmp_path, sketch, message):
+    from infosift.errors import DataError
+    from stages.sketch import main
+
+    (tmp_path / "t.jsonl").write_text('{"id": "a", "prompt": "q", "response": "r"}\n')
+    (tmp_path / "raw.jsonl").write_text('{"question": "q", "answer": "r"}\n')
+    in_workspace(monkeypatch, tmp_path, {"sketch": {"target": "t.jsonl", **sketch}})  # no model section: never reached
+    with pytest.raises((StageError, DataError), match=message):
+        main([])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"d": "x"}, "synthetic.d: must be a whole number"),
+        ({"num_classes": 1}, "synthetic.num_classes: must be >= 2"),
+        ({"test_size": 0}, "synthetic.test_size: must be >= 1"),
+        ({"theta_scale": float("nan")}, "synthetic.theta_scale: must be a finite number"),
+        ({"scale_range": [0.1, float("inf")]}, r"synthetic.scale_range\[1\]: must be a finite number"),
+        ({"scale_range": [1]}, "synthetic.scale_range: must be \\[low, high\\]"),
+        ({"budgets": [5.5]}, r"synthetic.budgets\[0\]: must be a whole number"),
+        ({"budgets": [5, 5]}, "synthetic.budgets: 5 is listed twice"),
+        ({"seeds": 2.5}, "synthetic.seeds: must be a whole number"),
+        ({"seeds": True}, "synthetic.seeds: must be a whole number"),
+        ({"ridge": float("nan")}, "synthetic.ridge: must be a finite number"),
+        ({"selectors": {"fishersft": {"rige": 1.0}}}, "synthetic.selectors.fishersft: .*unexpected keyword"),
+        ({"selectors": {"random": "x"}}, "synthetic.selectors.random: must be a dict"),
+        ({"dd": 3}, "synthetic.dd: unknown parameter"),
+    ],
+)
+def test_synthetic_checks_every_param(change, message):
+    from stages.synthetic import config
+
+    base = {"pool_size": 30, "test_size": 10, "budgets": [5], "seeds": 1, "selectors": {"random": {}}}
+    with pytest.raises(StageError, match=message):
+        config({**base, **change})

@@ -168,9 +168,9 @@ def test_stage_writes_outputs(tmp_path):
 @pytest.mark.parametrize(
     "section, message",
     [
-        (dict(budgets=[10], seeds=1), "missing key 'selectors'"),
+        (dict(budgets=[10], seeds=1), "synthetic.selectors: required"),
         (dict(SMALL, budgets=[500], seeds=1, selectors={"random": {}}), "pool_size"),
-        (dict(SMALL, budgets=[10], seeds="x", selectors={"random": {}}), "invalid literal"),
+        (dict(SMALL, budgets=[10], seeds="x", selectors={"random": {}}), "synthetic.seeds: must be a whole number"),
         (dict(SMALL, budgets=[10], seeds=1, scale_range=[2, 1], selectors={"random": {}}), "scale_range"),
     ],
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from infosift.atomic import atomic_write_text
-from infosift.data import read_records
+from infosift.data import MTBenchFiles, read_mt_bench
 from infosift.evaluate.hf import greedy_chat, load_causal_lm
 
 LABEL = "MT-Bench-style (first turn, own judge), not comparable to published MT-Bench"
@@ -51,13 +51,14 @@ def parse_rating(text: str) -> float | None:
     return None
 
 
-def judge_prompt(templates: dict[str, dict], question: dict, answer: str, reference: str | None) -> str:
-    """MT-Bench single-answer judge prompt; the reference-guided one for math/reasoning/coding."""
+def judge_prompt(templates: dict[str, str], question: dict, answer: str, reference: str | None) -> str:
+    """MT-Bench single-answer judge prompt; the reference-guided one for math/reasoning/coding.
+
+    ``templates``: name -> prompt template, as infosift.data.read_mt_bench checked them.
+    """
     if question["category"] in NEED_REF_CATEGORIES and reference is not None:
-        return templates["single-math-v1"]["prompt_template"].format(
-            question=question["turns"][0], ref_answer_1=reference, answer=answer
-        )
-    return templates["single-v1"]["prompt_template"].format(question=question["turns"][0], answer=answer)
+        return templates["single-math-v1"].format(question=question["turns"][0], ref_answer_1=reference, answer=answer)
+    return templates["single-v1"].format(question=question["turns"][0], answer=answer)
 
 
 def token_f1(answer: str, reference: str) -> float:
@@ -243,9 +244,8 @@ def mt_bench_judged(
     """
     settings = JudgeSettings(judge_model_dir, judge_max_new_tokens, batch_size, device, trust_remote_code)
     batch_judge = get_judge(judge, settings, **(judge_options or {}))
-    questions = spread_over_categories(read_records(questions_path), limit)
-    refs = {r["question_id"]: r["choices"][0]["turns"][0] for r in read_records(reference_path)}
-    templates = {t["name"]: t for t in read_records(judge_prompts_path)}
+    bench = read_mt_bench(MTBenchFiles(Path(questions_path), Path(reference_path), Path(judge_prompts_path)))
+    questions, refs, templates = spread_over_categories(bench.questions, limit), bench.references, bench.templates
 
     model, tokenizer = load_causal_lm(model_dir, device, trust_remote_code=trust_remote_code)
     answers = greedy_chat(model, tokenizer, [q["turns"][0] for q in questions], max_new_tokens, batch_size, "answer")
