@@ -237,11 +237,12 @@ def report(table: pd.DataFrame, focus: str = "fishersft") -> tuple[str, dict]:
     names = list(dict.fromkeys(table.selector))
     others = [o for o in names if o != focus] if focus in names else []
     head = ["n", *names, *(f"{focus} / {o}" for o in others)]
-    metrics: dict = {"seeds": int(table.seed.nunique()), "error": {}, "error_se": {}}
+    # not "error": DVC reads any key named error in a metrics file as a failed revision
+    metrics: dict = {"seeds": int(table.seed.nunique()), "prediction_error": {}, "prediction_error_se": {}}
     for name in names:
         part = summ[summ.selector == name].set_index("n")
-        metrics["error"][name] = {str(n): round(float(v), 5) for n, v in part.error.items()}
-        metrics["error_se"][name] = {str(n): round(float(v), 5) for n, v in part.error_se.items()}
+        metrics["prediction_error"][name] = {str(n): round(float(v), 5) for n, v in part.error.items()}
+        metrics["prediction_error_se"][name] = {str(n): round(float(v), 5) for n, v in part.error_se.items()}
     for o in others:
         paired = summarize(table, reference=o)
         part = paired[paired.selector == focus].set_index("n")
