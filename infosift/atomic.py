@@ -28,13 +28,23 @@ def atomic_output(final: str | os.PathLike, keep_existing: bool = False) -> Iter
     _remove(tmp)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        if isinstance(e, OSError):
+            _name_final(e, tmp, final)
         raise
     if keep_existing and final.exists():
         _remove(tmp)
         return
-    _commit(tmp, final, keep_existing)
+    try:
+        _commit(tmp, final, keep_existing)
+    except OSError as e:
+        try:  # best effort: where the rename was refused, removing may be refused too
+            _remove(tmp)
+        except OSError:
+            pass
+        _name_final(e, tmp, final)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -61,6 +71,18 @@ def _commit(tmp: Path, final: Path, keep_existing: bool) -> None:
         return
     if old is not None:
         _remove(old)
+
+
+def _name_final(e: OSError, tmp: Path, final: Path) -> None:
+    """Put ``final`` where ``e`` names ``tmp`` (or a path under it): the user knows the output's name, and the
+    temporary sibling is gone by the time the error is printed (results/compare: Permission denied, not
+    results/.tmp-compare-123: ...)."""
+    for attr in ("filename", "filename2"):
+        name = getattr(e, attr, None)
+        if isinstance(name, str | os.PathLike):
+            path = Path(name)
+            if path == tmp or tmp in path.parents:
+                setattr(e, attr, str(final / path.relative_to(tmp)) if path != tmp else str(final))
 
 
 def _remove(path: Path) -> None:

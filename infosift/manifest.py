@@ -82,6 +82,28 @@ def verify_manifest(manifest: dict, where: str = "manifest") -> None:
         raise DataError(f"{where}: hash does not match its content (edited by hand?); rerun select")
 
 
+def read_json_object(path: str | Path, missing: str = "not found") -> dict:
+    """A JSON object from disk; a missing, non-UTF-8, malformed or non-object file is one DataError naming it.
+
+    The one reader of the small JSON files stages hand each other (manifests, metrics.json), so a truncated or
+    foreign file says which it is. ``missing``: what to say when the file is not there (e.g. which stage writes it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {missing}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_manifest(path: str | Path) -> dict:
     """A selection manifest from disk, checked: JSON object, untouched since select wrote it, ids a list of strings.
 
@@ -89,14 +111,7 @@ def read_manifest(path: str | Path) -> dict:
     one DataError naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run the select stage that writes it")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    manifest = read_json_object(path, missing="not found; run the select stage that writes it")
     verify_manifest(manifest, str(path))
     ids = manifest.get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from infosift.data import read_records
+from infosift.errors import DataError
 from infosift.hashing import file_sha256
 from infosift.manifest import content_hash
 from infosift.tracking_live import (
@@ -164,7 +165,10 @@ def variant_run(
     lineage = lineage_tags(lock, (f"select@{select_name}", f"finetune@{select_name}-{seed}-{loss}"))
     loss_csv = root / "results/finetune" / name / "train_loss.csv"
     with loss_csv.open() as f:
-        curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+        try:
+            curve = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+        except (KeyError, TypeError, ValueError) as e:  # a column missing, a short row, a word for a number
+            raise DataError(f"{loss_csv}: not a loss curve with step and loss columns ({e!r}); rerun finetune") from e
     evaluated = root / "results/evaluate" / name
     artifacts = {
         "manifest": str(manifest_path),

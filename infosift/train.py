@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from infosift.chat import collate, encode_pair, pad_id_of
 from infosift.device import pick_device
+from infosift.errors import InfosiftError
 from infosift.losses import weighted_token_loss
 from infosift.models import autocast
 
@@ -57,7 +58,11 @@ def step_loss(model, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.
 
 
 def wrap_lora(model, lora: dict):
-    """Adapters from peft; only they train, the base weights stay frozen."""
+    """Adapters from peft; only they train, the base weights stay frozen.
+
+    Which modules ``target_modules`` names is known only once the model is here: peft's refusal (no module
+    matches) becomes one InfosiftError naming the LoRA settings, not a bare peft message.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -67,7 +72,10 @@ def wrap_lora(model, lora: dict):
         target_modules=lora.get("target_modules", "all-linear"),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError is one
+        raise InfosiftError(f"lora {lora!r}: {' '.join(str(e).split())}") from None
 
 
 def finetune(

@@ -10,6 +10,7 @@ verdict; plus, when download made a contaminated pool, the share of bad examples
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from itertools import product
@@ -19,8 +20,10 @@ import numpy as np
 import pandas as pd
 
 from infosift.compare import plot_metric, results_table, to_markdown
-from infosift.data import read_records
+from infosift.data import read_rows
+from infosift.errors import DataError
 from infosift.evidence import ModelResult, evidence_table, plot_vs_tokens, verdict_lines
+from infosift.manifest import read_json_object, read_manifest
 from infosift.plots import not_computed
 from infosift.tracking import (
     Champion,
@@ -36,7 +39,16 @@ from infosift.tracking import (
     variant_run,
 )
 from infosift.tracking_live import check_server, tracking_uri
-from stages._common import StageError, atomic_output, check_keys, check_param, params, run, variant_name
+from stages._common import (
+    StageError,
+    atomic_output,
+    check_items,
+    check_keys,
+    check_param,
+    params,
+    run,
+    variant_name,
+)
 
 OUT = Path("results/compare")
 METRICS = {  # metric -> lower is better
@@ -51,21 +63,62 @@ def load_metrics(name: str) -> dict:
     path = Path("results/evaluate") / name / "metrics.json"
     if not path.exists():
         raise StageError(f"{path} missing; run evaluate@{name} first")
-    return json.loads(path.read_text())
+    return read_json_object(path)
 
 
 def load_manifest(variant: str, budget: int, seed: int) -> dict:
     path = Path("results/select") / variant_name(variant, budget) / f"seed-{seed}" / "manifest.json"
     if not path.exists():
         raise StageError(f"{path} missing; run select@{variant_name(variant, budget)} first")
-    return json.loads(path.read_text())
+    return read_manifest(path)
+
+
+DOWNLOAD_MANIFEST = Path("data/download/manifest.json")
 
 
 def contaminated_ids() -> set[str] | None:
-    """Ids download made bad on purpose (None when the pool is clean)."""
-    path = Path("data/download/manifest.json")
-    report = json.loads(path.read_text()).get("contamination") if path.exists() else None
-    return set(report["ids"]) if report and report.get("ids") else None
+    """Ids download made bad on purpose (None when the pool is clean).
+
+    Also checks the manifest's ``sha256`` map, which the MLflow datasets take their digests from after the
+    results are written: a foreign manifest is refused here, before anything is.
+    """
+    if not DOWNLOAD_MANIFEST.exists():
+        return None
+    manifest = read_json_object(DOWNLOAD_MANIFEST)
+    digests = manifest.get("sha256", {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise DataError(f"{DOWNLOAD_MANIFEST}: field 'sha256' must map file names to hex digests, got {digests!r}")
+    report = manifest.get("contamination")
+    if not report:
+        return None
+    if not isinstance(report, dict):
+        raise DataError(f"{DOWNLOAD_MANIFEST}: field 'contamination' must be an object, got {report!r}")
+    ids = report.get("ids")
+    if not ids:
+        return None
+    if not isinstance(ids, dict | list) or not all(isinstance(i, str) for i in ids):
+        raise DataError(f"{DOWNLOAD_MANIFEST}: field 'contamination.ids' must map record ids to how each was altered")
+    return set(ids)
+
+
+def matrix_params(mlflow: bool) -> None:
+    """select and finetune, with the lists compare iterates checked (a string would be iterated per character).
+
+    The same params DVC expands into the select/finetune matrix; compare may run alone, so it checks them too.
+    """
+    from infosift.losses import available_losses  # imports torch: only now, not for every import of this stage
+
+    sel, ft = params("select"), params("finetune")  # a missing or non-mapping section: one line naming it
+    variants = sel.get("variants")
+    choices = tuple(variants) if isinstance(variants, dict) and variants else None
+    check_items(sel.get("run"), "select.run", str, choices=choices)
+    check_items(sel.get("budgets"), "select.budgets", int, low=1)
+    check_items(sel.get("seeds", [0]), "select.seeds", int, low=0)
+    check_param(sel.get("budget_unit", "examples"), "select.budget_unit", str)
+    check_items(ft.get("losses"), "finetune.losses", str, choices=available_losses())
+    if mlflow:  # what the MLflow runs are named and tagged after
+        check_param(params("download").get("dataset"), "download.dataset", str)
+        params("model")
 
 
 def variant_rows(all_params: dict) -> list[dict]:
@@ -87,12 +140,34 @@ def variant_rows(all_params: dict) -> list[dict]:
     return rows
 
 
+def read_per_example(path: Path) -> dict[str, dict]:
+    """id -> {id, nll_sum, n_tokens} as evaluate writes them, each row checked (file:line in errors)."""
+    rows: dict[str, dict] = {}
+    for lineno, row in read_rows(path):
+        where = f"{path}:{lineno}"
+        for key in ("id", "nll_sum", "n_tokens"):
+            if key not in row:
+                raise DataError(f"{where}: missing field {key!r} (has: {', '.join(sorted(row)) or 'none'})")
+        if not isinstance(row["id"], str) or not row["id"]:
+            raise DataError(f"{where}: field 'id' must be a non-empty string, got {row['id']!r}")
+        nll = row["nll_sum"]
+        if isinstance(nll, bool) or not isinstance(nll, int | float) or not math.isfinite(nll):
+            raise DataError(f"{where}: field 'nll_sum' must be a finite number, got {nll!r}")
+        n = row["n_tokens"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise DataError(f"{where}: field 'n_tokens' must be a whole number >= 0, got {n!r}")
+        if row["id"] in rows:
+            raise DataError(f"{where}: id {row['id']!r} is scored twice")
+        rows[row["id"]] = row
+    return rows
+
+
 def per_example(name: str, test_ids: list[str] | None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, nll sums, token counts) of one model's held-out examples, in the order of the first model."""
     path = Path("results/evaluate") / name / "per_example.jsonl"
     if not path.exists():
         raise StageError(f"{path} missing; rerun evaluate@{name} (per-example NLL is needed for paired intervals)")
-    rows = {r["id"]: r for r in read_records(path)}
+    rows = read_per_example(path)
     ids = test_ids or list(rows)
     if set(ids) != set(rows):
         raise StageError(f"{path} scores other test examples than the other models; rerun evaluate")
@@ -165,6 +240,7 @@ def main(argv: list[str]) -> None:
     check_compare_params(cfg)
     if cfg.get("mlflow", True):  # an unreachable server is an error now, not after the evidence is computed
         check_server(tracking_uri(".", cfg.get("tracking_uri")))
+    matrix_params(cfg.get("mlflow", True))
     sel = all_params["select"]
     rows = variant_rows(all_params)
     champion = None

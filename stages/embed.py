@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from infosift.data import read_records
+from infosift.data import read_examples
 from infosift.embed import embed_records
 from infosift.errors import ClusterError
 from infosift.features import TokenFeatures
-from stages._common import StageError, atomic_output, check_keys, check_param, params, run
+from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
 from stages.model import base_model_dir
 
 ENGINES = ("local", "ray")
@@ -33,7 +33,13 @@ def main(argv: list[str]) -> None:
     check_param(p.get("project_dim"), "embed.project_dim", int, low=1, allow_none=True)
     check_param(p.get("project_seed", 0), "embed.project_seed", int, low=0)
     engine = check_param(p.get("engine", "local"), "embed.engine", str, choices=ENGINES)
+    device = check_device(p.get("device"), "embed.device")
     ray_opts = ray_params(p.get("ray") or {})
+    # both inputs checked before anything is embedded: a bad target record must not come after a written pool
+    inputs = {
+        "pool": read_examples("data/download/pool.jsonl"),
+        "target": read_examples("data/download/target.jsonl", allow_empty=True),  # empty: no target slice asked for
+    }
     if engine == "ray":
         connect_ray(ray_opts["address"])
     model_dir, trust = base_model_dir()
@@ -48,9 +54,8 @@ def main(argv: list[str]) -> None:
         project_seed=int(p.get("project_seed", 0)),
     )
     dim = None
-    for name in ("pool", "target"):
+    for name, records in inputs.items():
         out = f"data/features/{name}"
-        records = read_records(f"data/download/{name}.jsonl") if name == "pool" else _optional(name)
         if not records:  # no target slice asked for: an empty feature set keeps the outputs uniform
             with atomic_output(out) as tmp:
                 TokenFeatures(np.zeros((0, dim or 1), np.float16), np.zeros(1, np.int64), []).save(tmp)
@@ -68,7 +73,7 @@ def main(argv: list[str]) -> None:
                 f"on {len(report.nodes)} node(s)"
             )
         else:
-            feats = embed_records(model_dir, records, out, device=p.get("device"), **common)
+            feats = embed_records(model_dir, records, out, device=device, **common)
         dim = feats.dim
         print(f"embed: {name}: {len(feats)} examples, {len(feats.values)} tokens, d={feats.dim}")
 
@@ -92,13 +97,6 @@ def connect_ray(address: str | None) -> None:
         raise StageError(f"params.yaml embed.engine: ray needs the ray extra (pip install -e '.[ray]'): {e}") from None
     except ClusterError as e:
         raise StageError(f"embed.ray.address: {e}") from None
-
-
-def _optional(name: str) -> list[dict]:
-    from pathlib import Path
-
-    path = Path(f"data/download/{name}.jsonl")
-    return read_records(path) if path.stat().st_size else []
 
 
 if __name__ == "__main__":

@@ -14,15 +14,17 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import fields
 from pathlib import Path
 
-from infosift.data import read_records
-from infosift.losses import available_losses
-from infosift.manifest import content_hash, verify_manifest
+from infosift.data import read_examples
+from infosift.losses import available_losses, get_loss
+from infosift.manifest import content_hash, read_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
 from infosift.tracking_live import DEFAULT_EXPERIMENT, tracking_uri, training_run
 from infosift.train import TrainConfig, finetune
 from stages._common import (
     StageError,
     atomic_output,
+    check_device,
+    check_items,
     check_keys,
     check_param,
     params,
@@ -46,6 +48,9 @@ def chosen_records(manifest: dict, pool: list[dict]) -> list[dict]:
 
 def checked_train_params(ft: dict) -> dict:
     """finetune.train, each value checked (type, range, known name) before a model is loaded."""
+    check_keys(ft, "finetune", {"losses", "train"})
+    if "losses" in ft:
+        check_items(ft["losses"], "finetune.losses", str, choices=LOSSES)
     train = ft.get("train") or {}
     known = {f.name for f in fields(TrainConfig)} - {"loss_type", "seed"} | {"device"}
     check_keys(train, "finetune.train", known)
@@ -64,8 +69,41 @@ def checked_train_params(ft: dict) -> dict:
             train[key] = check_param(train[key], f"finetune.train.{key}", kind, low=low, high=high)
     if train.get("lr", 1.0) == 0:
         raise StageError("params.yaml finetune.train.lr: must be > 0, got 0")
-    check_param(train.get("lora"), "finetune.train.lora", dict, allow_none=True)
+    lora = check_param(train.get("lora"), "finetune.train.lora", dict, allow_none=True)
+    if lora:
+        check_lora(lora)
+    check_device(train.get("device"), "finetune.train.device")
     return dict(train)
+
+
+def check_lora(lora: dict) -> None:
+    """finetune.train.lora as wrap_lora reads it, checked now: peft would refuse it only after the model loads,
+    in its own words (or not at all: a misspelt ``rank`` would silently train with the default r)."""
+    check_keys(lora, "finetune.train.lora", {"r", "alpha", "dropout", "target_modules"})
+    check_param(lora.get("r", 16), "finetune.train.lora.r", int, low=1)
+    check_param(lora.get("alpha", 32), "finetune.train.lora.alpha", int, low=1)
+    dropout = check_param(lora.get("dropout", 0.05), "finetune.train.lora.dropout", float, low=0.0)
+    if dropout >= 1:
+        raise StageError(f"params.yaml finetune.train.lora.dropout: must be < 1, got {dropout!r}")
+    targets = lora.get("target_modules", "all-linear")
+    if isinstance(targets, list):
+        check_items(targets, "finetune.train.lora.target_modules", str)
+    elif not isinstance(targets, str) or not targets.strip():
+        raise StageError(
+            "params.yaml finetune.train.lora.target_modules: must be a module name (pattern), all-linear, "
+            f"or a list of module names, got {targets!r}"
+        )
+
+
+def check_loss_p(loss: str, P: float) -> None:
+    """The loss's own requirement on infosft_p (infosift: 0.5 < P < 1), tried on one token now: training
+    would meet it only after the model loads, in a message without the parameter's name."""
+    import torch
+
+    try:
+        get_loss(loss)(torch.full((1,), 0.5), float(P))
+    except ValueError as e:
+        raise StageError(f"params.yaml finetune.train.infosft_p: {e}") from None
 
 
 def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> AbstractContextManager:
@@ -97,13 +135,13 @@ def main(argv: list[str]) -> None:
     if loss not in LOSSES:
         raise StageError(f"unknown loss_type {loss!r}; use one of {', '.join(LOSSES)}")
     p = checked_train_params(params("finetune"))
+    check_loss_p(loss, p.get("infosft_p", TrainConfig.infosft_p))
     p["seed"] = seed
     manifest_path = Path("results/select") / variant_name(variant, budget) / f"seed-{seed}" / "manifest.json"
     if not manifest_path.exists():
         raise StageError(f"{manifest_path} missing; run select@{variant_name(variant, budget)} with {seed} in seeds")
-    manifest = json.loads(manifest_path.read_text())
-    verify_manifest(manifest)
-    records = chosen_records(manifest, read_records("data/download/pool.jsonl"))
+    manifest = read_manifest(manifest_path)
+    records = chosen_records(manifest, read_examples("data/download/pool.jsonl"))
 
     base_dir, trust = base_model_dir()
     device = p.pop("device", None)

@@ -689,3 +689,260 @@ def test_synthetic_checks_every_param(change, message):
     base = {"pool_size": 30, "test_size": 10, "budgets": [5], "seeds": 1, "selectors": {"random": {}}}
     with pytest.raises(StageError, match=message):
         config({**base, **change})
+
+
+# -- second red-team round: finetune, embed, compare and the atomic writer. Each case runs the stage's main
+# -- through stages._common.run in-process and wants exactly one `error:` line and no output written.
+
+
+def one_error_line(monkeypatch, capsys, main, argv: list[str]) -> str:
+    """What ``run(main)`` prints for a bad input: exactly one `error: ` line on stderr, exit code 1."""
+    from stages._common import run
+
+    monkeypatch.setattr(sys, "argv", ["stage", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        run(main)
+    assert exit_.value.code == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+RECORD = {"id": "a", "prompt": "what is 3 ?", "response": "3"}
+
+
+@pytest.mark.parametrize(
+    ("finetune", "loss", "message"),
+    [
+        ({"losses": ["nll"], "train": {}, "trian": {}}, "nll", "params.yaml finetune.trian: unknown parameter"),
+        ({"losses": "nll"}, "nll", "finetune.losses: must be a list"),
+        ({"losses": ["nll", "nl"]}, "nll", "finetune.losses[1]: must be one of dft, infosift, nll"),
+        ({"train": {"infosft_p": 1.0}}, "infosift", "finetune.train.infosft_p: infosift needs 0.5 < P < 1"),
+        ({"train": {"infosft_p": 0.3}}, "infosift", "finetune.train.infosft_p: infosift needs 0.5 < P < 1"),
+        ({"train": {"lora": {"r": "x"}}}, "nll", "finetune.train.lora.r: must be a whole number, got 'x'"),
+        ({"train": {"lora": {"rank": 4}}}, "nll", "finetune.train.lora.rank: unknown parameter"),
+        ({"train": {"lora": {"r": 0}}}, "nll", "finetune.train.lora.r: must be >= 1, got 0"),
+        ({"train": {"lora": {"alpha": -1}}}, "nll", "finetune.train.lora.alpha: must be >= 1"),
+        ({"train": {"lora": {"dropout": 1}}}, "nll", "finetune.train.lora.dropout: must be < 1"),
+        ({"train": {"lora": {"target_modules": 5}}}, "nll", "finetune.train.lora.target_modules: must be a module"),
+        ({"train": {"lora": {"target_modules": []}}}, "nll", "finetune.train.lora.target_modules: empty"),
+        ({"train": {"lora": {"target_modules": ["q", 1]}}}, "nll", "lora.target_modules[1]: must be a str"),
+        ({"train": {"device": 0}}, "nll", "finetune.train.device: must be a str, got 0"),
+        # good values pass the checks above: the stage goes on to look for the selection
+        (
+            {"train": {"infosft_p": 0.93, "lora": {"r": 4, "target_modules": ["q"]}}},
+            "infosift",
+            "manifest.json missing",
+        ),
+    ],
+)
+def test_finetune_checks_its_params_before_anything(monkeypatch, tmp_path, capsys, finetune, loss, message):
+    from stages.finetune import main
+
+    in_workspace(monkeypatch, tmp_path, {"finetune": finetune})
+    line = one_error_line(monkeypatch, capsys, main, ["random", "5", "0", loss])
+    assert message in line, line
+    assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()
+
+
+def hashed(body: dict) -> str:
+    from infosift.manifest import content_hash
+
+    return json.dumps({**body, "hash": content_hash(body)})
+
+
+@pytest.mark.parametrize(
+    ("manifest", "pool", "message"),
+    [
+        ("{bad", RECORD, "random-5/seed-0/manifest.json:1: not valid JSON"),
+        ("", RECORD, "random-5/seed-0/manifest.json:1: not valid JSON"),
+        (b"\xff", RECORD, "random-5/seed-0/manifest.json: not UTF-8"),
+        (hashed({"variant": "random"}), RECORD, "manifest.json: field 'ids' must be a list of record ids"),
+        (hashed({"ids": "abc"}), RECORD, "manifest.json: field 'ids' must be a list of record ids"),
+        (hashed({"ids": ["a"]}), {"id": "a", "prompt": "q"}, "pool.jsonl:1: missing field 'response'"),
+        (hashed({"ids": ["a"]}), {**RECORD, "response": 5}, "pool.jsonl:1: field 'response' must be a non-empty"),
+        (hashed({"ids": ["b"]}), RECORD, "1 selected ids are not in the pool (first: b)"),  # the checks let it by
+    ],
+)
+def test_finetune_reads_its_selection_and_pool_checked(monkeypatch, tmp_path, capsys, manifest, pool, message):
+    from stages.finetune import main
+
+    cwd = in_workspace(monkeypatch, tmp_path, {"finetune": {"losses": ["nll"], "train": {}}})
+    path = cwd / "results/select/random-5/seed-0/manifest.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(manifest if isinstance(manifest, bytes) else manifest.encode())
+    (cwd / "data/download").mkdir(parents=True)
+    (cwd / "data/download/pool.jsonl").write_text(json.dumps(pool) + "\n")
+    line = one_error_line(monkeypatch, capsys, main, ["random", "5", "0", "nll"])
+    assert message in line, line
+    assert not (cwd / "models").exists() and not (cwd / "results/finetune").exists()
+
+
+def test_lora_target_modules_the_model_lacks_is_one_error_naming_lora():
+    from infosift.errors import InfosiftError
+    from infosift.train import wrap_lora
+    from tests.tiny import build_model, build_tokenizer
+
+    model = build_model(len(build_tokenizer()))
+    with pytest.raises(InfosiftError, match=r"lora \{'target_modules': \['nope'\]\}: Target modules \{'nope'\} not"):
+        wrap_lora(model, {"target_modules": ["nope"]})
+    assert wrap_lora(model, {"r": 2, "target_modules": ["q_proj"]}) is not None  # the same call with a real module
+
+
+@pytest.mark.parametrize(
+    ("pool", "target", "embed", "message"),
+    [
+        ([{"id": "a", "prompt": "q"}], "", {}, "pool.jsonl:1: missing field 'response'"),
+        ([RECORD, {"id": "b", "response": "r"}], "", {}, "pool.jsonl:2: missing field 'prompt'"),
+        ([{**RECORD, "response": 5}], "", {}, "pool.jsonl:1: field 'response' must be a non-empty string, got 5"),
+        ([{**RECORD, "response": " "}], "", {}, "pool.jsonl:1: field 'response' must be a non-empty string"),
+        ([{**RECORD, "id": 3}], "", {}, "pool.jsonl:1: field 'id' must be a non-empty string, got 3"),
+        ([RECORD], None, {}, "target.jsonl: file not found"),
+        ([RECORD], '{"question": "q", "answer": "a"}\n', {}, "target.jsonl:1: missing field 'id'"),
+        ([RECORD], "", {"device": 0}, "params.yaml embed.device: must be a str, got 0"),
+        ([RECORD], "", {"device": "tpu"}, "params.yaml embed.device: must be cpu, cuda, cuda:N or mps"),
+        ([RECORD], "", {}, "params.yaml has no 'model' section"),  # good inputs get as far as the model
+    ],
+)
+def test_embed_checks_both_inputs_before_embedding(monkeypatch, tmp_path, capsys, pool, target, embed, message):
+    from stages.embed import main
+
+    cwd = in_workspace(monkeypatch, tmp_path, {"embed": embed})  # no model section: a model is never reached
+    (cwd / "data/download").mkdir(parents=True)
+    (cwd / "data/download/pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+    if target is not None:
+        (cwd / "data/download/target.jsonl").write_text(target)
+    line = one_error_line(monkeypatch, capsys, main, [])
+    assert message in line, line
+    assert not (cwd / "data/features").exists()
+
+
+def compare_workspace(monkeypatch, tmp_path: Path) -> Path:
+    """The smallest tree compare runs on: base and one random fine-tune, evaluated on three test examples."""
+    from infosift.manifest import build_manifest
+
+    params = {
+        "select": {"run": ["random"], "budgets": [2], "seeds": [0], "variants": {"random": {"selector": "random"}}},
+        "finetune": {"losses": ["nll"]},
+        "compare": {"mlflow": False},
+    }
+    cwd = in_workspace(monkeypatch, tmp_path, params)
+    ids = ["a", "b", "c"]
+    manifest = build_manifest(
+        variant="random", selector="random", params={}, budget=2, seed=0, ids=ids, indices=np.array([0, 1]),
+        gains=None, inputs={},
+    )  # fmt: skip
+    (cwd / "results/select/random-2/seed-0").mkdir(parents=True)
+    (cwd / "results/select/random-2/seed-0/manifest.json").write_text(json.dumps(manifest))
+    for name in ("base", "random-2-s0-nll"):
+        evaluated = cwd / "results/evaluate" / name
+        evaluated.mkdir(parents=True)
+        (evaluated / "metrics.json").write_text(json.dumps({"nll_per_token": 1.5}))
+        rows = [{"id": i, "nll_sum": 3.0 + k, "n_tokens": 2} for k, i in enumerate(ids)]
+        (evaluated / "per_example.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (cwd / "data/download").mkdir(parents=True)
+    (cwd / "data/download/manifest.json").write_text(json.dumps({"sha256": {"pool": "ab"}, "contamination": {}}))
+    return cwd
+
+
+def test_compare_workspace_is_good(monkeypatch, tmp_path):
+    """The tree the bad-input cases below each break in one place runs through as it is."""
+    from stages.compare import main
+
+    cwd = compare_workspace(monkeypatch, tmp_path)
+    main([])
+    assert json.loads((cwd / "results/compare/metrics.json").read_text())["random-2-s0-nll"] == {"nll_per_token": 1.5}
+
+
+FINE = "results/evaluate/random-2-s0-nll"
+PER_EXAMPLE = f"{FINE}/per_example.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "message"),
+    [
+        (f"{FINE}/metrics.json", "[]", f"{FINE}/metrics.json: expected a JSON object, got list"),
+        ("results/evaluate/base/metrics.json", "{bad", "base/metrics.json:1: not valid JSON"),
+        ("results/select/random-2/seed-0/manifest.json", "{bad", "seed-0/manifest.json:1: not valid JSON"),
+        ("results/select/random-2/seed-0/manifest.json", hashed({"variant": "random"}), "field 'ids' must be a list"),
+        ("data/download/manifest.json", "{bad", "data/download/manifest.json:1: not valid JSON"),
+        ("data/download/manifest.json", '{"contamination": {"ids": [1]}}', "field 'contamination.ids' must map"),
+        ("data/download/manifest.json", '{"contamination": "all"}', "field 'contamination' must be an object"),
+        ("data/download/manifest.json", '{"sha256": ["ab"]}', "field 'sha256' must map file names to hex digests"),
+        (PER_EXAMPLE, '{"id": "a", "n_tokens": 2}\n', "per_example.jsonl:1: missing field 'nll_sum'"),
+        (
+            PER_EXAMPLE,
+            '{"id": "a", "nll_sum": "x", "n_tokens": 2}\n',
+            "per_example.jsonl:1: field 'nll_sum' must be a finite",
+        ),
+        (
+            PER_EXAMPLE,
+            '{"id": "a", "nll_sum": 1, "n_tokens": 2.5}\n',
+            "per_example.jsonl:1: field 'n_tokens' must be a whole",
+        ),
+        (PER_EXAMPLE, '{"id": "a", "nll_sum": 1, "n_tokens": 2}\n' * 2, "per_example.jsonl:2: id 'a' is scored twice"),
+    ],
+)
+def test_compare_names_the_file_and_line_of_a_bad_input(monkeypatch, tmp_path, capsys, path, text, message):
+    from stages.compare import main
+
+    cwd = compare_workspace(monkeypatch, tmp_path)
+    (cwd / path).write_text(text)
+    line = one_error_line(monkeypatch, capsys, main, [])
+    assert message in line, line
+    assert not (cwd / "results/compare").exists()
+    assert not list((cwd / "results").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"select": {"seeds": 0}}, "params.yaml select.seeds: must be a list, got 0"),
+        ({"select": {"run": "random"}}, "params.yaml select.run: must be a list, got 'random'"),
+        ({"select": {"run": []}}, "params.yaml select.run: empty"),
+        ({"select": {"run": ["randm"]}}, "params.yaml select.run[0]: must be one of random, got 'randm'"),
+        ({"select": {"budgets": ["6"]}}, "params.yaml select.budgets[0]: must be a whole number, got '6'"),
+        ({"select": {"budgets": [2, 2]}}, "params.yaml select.budgets: 2 is listed twice"),
+        ({"finetune": {"losses": "nll"}}, "params.yaml finetune.losses: must be a list, got 'nll'"),
+        ({"finetune": {"losses": ["nl"]}}, "params.yaml finetune.losses[0]: must be one of dft, infosift, nll"),
+        ({"select": None}, "params.yaml has no 'select' section"),
+        ({"compare": {"mlflow": True}}, "params.yaml has no 'download' section"),  # mlflow names runs after it
+    ],
+)
+def test_compare_checks_the_matrix_params(monkeypatch, tmp_path, capsys, change, message):
+    from stages.compare import main
+
+    cwd = compare_workspace(monkeypatch, tmp_path)
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    for section, value in change.items():
+        if value is None:
+            del params[section]
+        else:
+            params[section].update(value)
+    write_params(cwd, params)
+    if params["compare"]["mlflow"]:  # a reachable tracking store, so that the check after it is what fails
+        monkeypatch.setattr("stages.compare.check_server", lambda uri: None)
+    line = one_error_line(monkeypatch, capsys, main, [])
+    assert message in line, line
+    assert not (cwd / "results/compare").exists()
+
+
+def test_atomic_output_errors_name_the_final_path_not_the_temporary_one(monkeypatch, tmp_path):
+    import infosift.atomic
+    from infosift.atomic import atomic_output
+
+    final = tmp_path / "results" / "compare"
+    with pytest.raises(FileNotFoundError) as inside:
+        with atomic_output(final) as tmp:
+            (tmp / "table.csv").write_text("x")  # tmp was never created: the error names a path under it
+    assert inside.value.filename == str(final / "table.csv")
+
+    def refuse(src, dst):  # what a rename into a directory the user may not write raises
+        raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
+
+    monkeypatch.setattr(infosift.atomic.os, "replace", refuse)
+    with pytest.raises(PermissionError) as commit:
+        with atomic_output(final) as tmp:
+            tmp.mkdir()
+    assert commit.value.filename == str(final)
+    assert list((tmp_path / "results").iterdir()) == []  # and the temporary sibling is gone
