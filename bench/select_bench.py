@@ -6,6 +6,13 @@
 3. How time and peak memory grow with N (each size in its own subprocess, so peak RSS is its own).
 4. ``--epsilon``: the fast mode (stochastic greedy) vs the exact lazy greedy on the largest size: time vs
    the floor, gain evaluations, and its objective (log det gain) as a % of the exact one's.
+5. ``--partitions K ...``: GreeDi (select/greedi.py) with each k vs the central exact greedy on the largest
+   size: objective as a % of central, which of (union, best part) won, time per round. ``--engine ray`` runs
+   round 1 on a local Ray cluster (``--cpus``, default all cores) from a memory-mapped copy of the pool: time vs k.
+   With ``--epsilon`` too, both share one exact reference.
+6. ``--big N``: a memory-mapped float16 pool of N x 32 x 128 (``--big-shape``) written chunk-wise to ``--dir``,
+   GreeDi on Ray with each ``--partitions`` k (k = 1: one task, the central greedy): its size on disk, time
+   per round, per-task read and select time per example row, and from those a paper estimate for 10M examples.
 
 Synthetic pool (seeded, generated chunk-wise): token x_ij = r_i * (0.8 c_i + z_ij) * s, with a
 sentence topic c_i ~ N(0, I), token noise z_ij ~ N(0, I), a decaying spectrum s_k = (1 + k)^-1/2
@@ -13,39 +20,95 @@ sentence topic c_i ~ N(0, I), token noise z_ij ~ N(0, I), a decaying spectrum s_
 
     python bench/select_bench.py            # full run (~10 min on 2 cores)
     python bench/select_bench.py --quick    # small sizes, a smoke test
-    python bench/select_bench.py --epsilon 0.1            # only 4., at N=20k x 64 x 576, budget 1000
+    python bench/select_bench.py --epsilon 0.1 0.3        # only 4., at N=20k x 64 x 576, budget 1000
     python bench/select_bench.py --epsilon 0.1 --quick    # only 4., small
+    python bench/select_bench.py --epsilon 0.1 --partitions 1 2 4 --engine ray   # 4. and 5. at N=20k
+    python bench/select_bench.py --partitions 2 --engine ray --quick                # 5., small
+    python bench/select_bench.py --big 200000 --partitions 1 2 4                    # 6.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
-from infosift.features import TokenFeatures
+from infosift.features import IDS, OFFSETS, VALUES, TokenFeatures
 from infosift.select import get_selector
 from infosift.select.logdet import first_gains, gains, padded
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def make_pool(n: int, t: int, d: int, seed: int = 0, chunk: int = 1024) -> TokenFeatures:
-    """n sentences x t tokens x d float32, generated chunk-wise so peak memory is the pool itself."""
+
+def pool_chunks(n: int, t: int, d: int, seed: int = 0, chunk: int = 1024):
+    """(first sentence, its (m * t, d) float32 token rows) for the synthetic pool, chunk after chunk."""
     rng = np.random.default_rng(seed)
     spectrum = (1.0 + np.arange(d, dtype=np.float32)) ** -0.5
-    values = np.empty((n * t, d), dtype=np.float32)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         topic = rng.standard_normal((m, 1, d), dtype=np.float32)
         noise = rng.standard_normal((m, t, d), dtype=np.float32)
         norm = rng.lognormal(0.0, 0.3, size=(m, 1, 1)).astype(np.float32)
-        values[start * t : (start + m) * t] = (norm * (0.8 * topic + noise) * spectrum).reshape(m * t, d)
+        yield start, (norm * (0.8 * topic + noise) * spectrum).reshape(m * t, d)
+
+
+def make_pool(n: int, t: int, d: int, seed: int = 0, chunk: int = 1024) -> TokenFeatures:
+    """n sentences x t tokens x d float32, generated chunk-wise so peak memory is the pool itself."""
+    values = np.empty((n * t, d), dtype=np.float32)
+    for start, block in pool_chunks(n, t, d, seed, chunk):
+        values[start * t : start * t + len(block)] = block
     offsets = np.arange(n + 1, dtype=np.int64) * t
     return TokenFeatures(values, offsets, [str(i) for i in range(n)])
+
+
+def write_pool(path: Path, n: int, t: int, d: int, dtype=np.float16, seed: int = 0, progress: bool = True) -> None:
+    """The same pool written chunk-wise straight into a TokenFeatures directory: never whole in memory."""
+    path.mkdir(parents=True, exist_ok=True)
+    values = np.lib.format.open_memmap(path / VALUES, mode="w+", dtype=dtype, shape=(n * t, d))
+    chunks = tqdm(pool_chunks(n, t, d, seed, 4096), total=math.ceil(n / 4096), desc="write pool", disable=not progress)
+    for start, block in chunks:
+        values[start * t : start * t + len(block)] = block
+    values.flush()
+    del values
+    np.save(path / OFFSETS, np.arange(n + 1, dtype=np.int64) * t)
+    (path / IDS).write_text(json.dumps([str(i) for i in range(n)]))
+
+
+def start_ray(cpus: int | None) -> float:
+    """A local Ray cluster for this run (workers import this checkout); returns its start-up seconds."""
+    import ray
+
+    t0 = time.perf_counter()
+    env = {"PYTHONPATH": str(ROOT)}
+    for attempt in range(3):  # on a loaded machine the raylet may give up on a slow agent (ray issue #65983)
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", runtime_env={"env_vars": env})
+            break
+        except Exception as e:  # Ray raises a bare Exception here
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            print(f"ray.init: {e}; retrying", flush=True)
+            ray.shutdown()
+    return time.perf_counter() - t0
+
+
+def warm_ray(tmp: Path, workers: int) -> None:
+    """One small GreeDi run with a task per worker, so the timed runs do not pay the workers' imports."""
+    write_pool(tmp / "warm", 64 * workers, 4, 8, progress=False)
+    small = TokenFeatures.load(tmp / "warm", mmap=True)
+    get_selector("fishersft", partitions=workers, engine="ray").select(small, 4)
 
 
 def brute_greedy(f: TokenFeatures, budget: int, ridge: float = 1.0) -> np.ndarray:
@@ -69,6 +132,14 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def cpu_timed(fn):
+    """(result, CPU seconds of this process) on one BLAS thread: the work, whatever else shares the cores."""
+    with threadpool_limits(limits=1):
+        t0 = time.process_time()
+        out = fn()
+        return out, time.process_time() - t0
 
 
 def sync(device: str) -> None:
@@ -108,8 +179,6 @@ def vs_brute(n: int, t: int, d: int, budget: int) -> None:
 
 def floor_pass(f: TokenFeatures, device: str) -> float:
     """The floor, timed at its best: default BLAS threads and one thread (the greedy loop uses one)."""
-    from threadpoolctl import threadpool_limits
-
     best = float("inf")
     for limit in (None, 1):
         with threadpool_limits(limits=limit):
@@ -165,25 +234,159 @@ def scaling(sizes: list[int], t: int, d: int, budget: int, device: str = "cpu") 
     )
 
 
-def fast_mode(n: int, t: int, d: int, budget: int, epsilon: float, device: str = "cpu") -> None:
+def exact_reference(n: int, t: int, d: int, budget: int, device: str = "cpu"):
+    """The pool, the floor and the central exact lazy greedy on it: the references of 4. and 5."""
     f = make_pool(n, t, d)
     t_floor = floor_pass(f, device)
-    print(f"[4] N={n} T={t} d={d} budget={budget} on {device}: floor {t_floor:.2f} s; running the exact greedy...")
-    exact, t_exact = timed(lambda: get_selector("fishersft", ridge=1.0, device=device).select(f, budget))
-    fast, t_fast = timed(
-        lambda: get_selector("fishersft", ridge=1.0, device=device, epsilon=epsilon).select(f, budget, seed=0)
+    c_floor = cpu_timed(lambda: first_gains(f, 1.0, device))[1]
+    print(f"N={n} T={t} d={d} budget={budget} on {device}: floor {t_floor:.2f} s; running the exact greedy...")
+    t0 = time.perf_counter()
+    exact, c_exact = cpu_timed(lambda: get_selector("fishersft", ridge=1.0, device=device).select(f, budget))
+    t_exact = time.perf_counter() - t0
+    print(
+        f"exact (central) greedy: {t_exact:.1f} s = {t_exact / t_floor:.1f}x the floor; CPU {c_exact:.1f} s = "
+        f"{c_exact / c_floor:.1f}x the floor's {c_floor:.1f} CPU s on one thread",
+        flush=True,
     )
-    f_exact, f_fast = float(exact.gains.sum()), float(fast.gains.sum())
-    print(f"{'':>22} {'select s':>9} {'/ floor':>8} {'gain evals':>10} {'objective':>10} {'% exact':>8}")
-    for name, res, secs in (("exact", exact, t_exact), (f"epsilon={epsilon} seed 0", fast, t_fast)):
-        obj = float(res.gains.sum())
+    return f, t_floor, exact, t_exact, c_floor, c_exact
+
+
+def fast_mode(ref, budget: int, epsilons: list[float], device: str = "cpu") -> None:
+    f, t_floor, exact, t_exact, c_floor, c_exact = ref
+    f_exact = float(exact.gains.sum())
+    print(f"[4] fast mode (stochastic greedy) vs the exact greedy, seed 0; floor {t_floor:.2f} s, {c_floor:.1f} CPU s")
+    print(
+        f"{'':>22} {'select s':>9} {'/ floor':>8} {'CPU s':>7} {'/ floor':>8} {'gain evals':>10} {'objective':>10} "
+        f"{'% exact':>8} {'s':>6}"
+    )
+    rows = [("exact", exact, t_exact, c_exact)]
+    for eps in epsilons:
+        sel = get_selector("fishersft", ridge=1.0, device=device, epsilon=eps)
+        t0 = time.perf_counter()
+        res, cpu = cpu_timed(lambda sel=sel: sel.select(f, budget, seed=0))
+        rows.append((f"epsilon={eps}", res, time.perf_counter() - t0, cpu))
+    for name, res, secs, cpu in rows:
+        obj, s = float(res.gains.sum()), res.info.get("sample_size", len(f))
         print(
-            f"{name:>22} {secs:>9.1f} {secs / t_floor:>8.2f} {res.info['n_gain_evals']:>10} {obj:>10.1f} "
-            f"{obj / f_exact:>8.2%}"
+            f"{name:>22} {secs:>9.1f} {secs / t_floor:>8.2f} {cpu:>7.1f} {cpu / c_floor:>8.2f} "
+            f"{res.info['n_gain_evals']:>10} {obj:>10.1f} {obj / f_exact:>8.2%} {s:>6}",
+            flush=True,
         )
     print(
-        f"sample size s = {fast.info['sample_size']} of {n}; speedup over exact {t_exact / t_fast:.1f}x; "
-        f"objective = log det gain over ridge*I, fast {f_fast:.1f} vs exact {f_exact:.1f}"
+        f"objective = log det gain over ridge*I; s = candidates sampled per step (of {len(f)}); CPU = this "
+        "process's CPU seconds on one BLAS thread (the floor's too): the work, whatever else shares the cores; "
+        "goal: <= 3x the floor with >= 99% of exact"
+    )
+
+
+def distributed(ref, budget: int, ks: list[int], engine: str, cpus: int | None, device: str = "cpu") -> None:
+    """5.: GreeDi with each k vs the central exact greedy (objective, time per round)."""
+    f, _, exact, t_exact, _, c_exact = ref
+    f_exact = float(exact.gains.sum())
+    with tempfile.TemporaryDirectory(prefix="greedi-bench-") as tmp:
+        src = f
+        if engine == "ray":
+            f.save(Path(tmp) / "pool")  # the same float32 values, memory-mapped: tasks read only their rows
+            src = TokenFeatures.load(Path(tmp) / "pool", mmap=True)
+            secs = start_ray(cpus)
+            import ray
+
+            workers = int(ray.cluster_resources().get("CPU", 1))
+            warm_ray(Path(tmp), workers)
+            print(f"[5] local Ray cluster: {workers} CPUs (started in {secs:.1f} s; workers warmed up)")
+        print(
+            f"[5] GreeDi on engine={engine}; central exact greedy {t_exact:.1f} s ({c_exact:.1f} CPU s), "
+            f"objective {f_exact:.1f}"
+        )
+        print(
+            f"{'k':>3} {'select s':>9} {'/ exact':>8} {'round 1 s':>9} {'round 2 s':>9} {'slowest part s':>14} "
+            f"{'cpu path s':>10} {'objective':>10} {'% exact':>8} {'winner':>7}"
+        )
+        for k in ks:
+            sel = get_selector("fishersft", ridge=1.0, device=device, partitions=k, engine=engine)
+            res, secs = timed(lambda sel=sel: sel.select(src, budget, seed=0))
+            obj = float(res.gains.sum())
+            slowest = max(p["select_s"] + p.get("read_s", 0.0) for p in res.info["parts"])
+            path = max(p["cpu_s"] for p in res.info["parts"]) + res.info.get("round2_cpu_s", 0.0)
+            print(
+                f"{k:>3} {secs:>9.1f} {secs / t_exact:>8.2f} {res.info['round1_s']:>9.1f} {res.info['round2_s']:>9.1f} "
+                f"{slowest:>14.1f} {path:>10.1f} {obj:>10.1f} {obj / f_exact:>8.2%} {res.info['greedi_winner']:>7}",
+                flush=True,
+            )
+    print(
+        "k = 1: one part, the central greedy (on a worker for engine=ray); round 1 = the k part greedies "
+        "(in parallel on Ray), round 2 = the greedy over the union of their k * budget winners; 'cpu path' = CPU "
+        "seconds of the slowest part + round 2: the wall time with a free core per part, whatever else runs here; "
+        f"partition seed 0; {os.cpu_count()} cores on this machine"
+    )
+
+
+def big_pool(n: int, t: int, d: int, ks: list[int], budget: int, out: Path, cpus: int | None) -> None:
+    """6.: a memory-mapped float16 pool on disk, GreeDi on Ray, and a paper estimate for 10M examples."""
+    path = out / f"pool-{n}x{t}x{d}-f16"
+    if not (path / IDS).exists():  # in a child process, so this one's peak RSS is the selection's alone
+        writer = multiprocessing.get_context("fork").Process(target=write_pool, args=(path, n, t, d))
+        _, secs = timed(lambda: (writer.start(), writer.join()))
+        if writer.exitcode != 0:
+            raise SystemExit(f"writing {path} failed (exit code {writer.exitcode})")
+        print(f"[6] wrote {path} in {secs:.0f} s")
+    f = TokenFeatures.load(path, mmap=True)
+    disk = sum(p.stat().st_size for p in path.iterdir())
+    secs = start_ray(cpus)
+    import ray
+
+    workers = int(ray.cluster_resources().get("CPU", 1))
+    with tempfile.TemporaryDirectory(prefix="greedi-bench-") as tmp:
+        warm_ray(Path(tmp), workers)
+    print(
+        f"[6] N={n} T={t} d={d} float16 memory-mapped: {disk / 2**30:.2f} GiB on disk "
+        f"({f.values.nbytes / 2**30:.2f} GiB values); local Ray with {workers} CPUs (started in {secs:.1f} s); "
+        f"budget {budget}"
+    )
+    print(
+        f"{'k':>3} {'rows/part':>9} {'select s':>9} {'round 1 s':>9} {'round 2 s':>9} {'task read s':>11} "
+        f"{'task cpu s':>10} {'cpu path s':>10} {'objective':>10} {'% k=1':>7} {'winner':>7} {'driver GiB':>10}"
+    )
+    tasks, f_one = [], None  # (rows, read wall + select CPU seconds) of every task
+    for k in ks:
+        sel = get_selector("fishersft", ridge=1.0, partitions=k, engine="ray")
+        res, secs = timed(lambda sel=sel: sel.select(f, budget, seed=0))
+        obj = float(res.gains.sum())
+        f_one = obj if k == 1 else f_one
+        parts = res.info["parts"]
+        tasks += [(int(p["rows"]), p["read_s"] + p["cpu_s"]) for p in parts]
+        read, cpu = max(p["read_s"] for p in parts), max(p["cpu_s"] for p in parts)
+        path = max(p["read_s"] + p["cpu_s"] for p in parts) + res.info.get("round2_cpu_s", 0.0)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(
+            f"{k:>3} {parts[0]['rows']:>9} {secs:>9.1f} {res.info['round1_s']:>9.1f} {res.info['round2_s']:>9.1f} "
+            f"{read:>11.1f} {cpu:>10.1f} {path:>10.1f} {obj:>10.1f} "
+            f"{'' if f_one is None else f'{obj / f_one:.2%}':>7} {res.info['greedi_winner']:>7} {rss:>10.2f}",
+            flush=True,
+        )
+    sample = f.subset(np.arange(min(n, 20000)))  # the floor per row, one core, on rows read from the file
+    floor_row = cpu_timed(lambda: first_gains(sample, 1.0, "cpu"))[1] / len(sample)
+    big, b = 10_000_000, budget
+    k = math.ceil(math.sqrt(big / b))  # parts of N/k rows and a union of k*b rows are then the same size
+    part = big / k
+    rows, secs = min(tasks, key=lambda task: abs(task[0] - part))  # the measured task nearest that size
+    task = secs * part / rows  # linear in rows: pessimistic, a greedy's steps grow slower than its pool
+    print(
+        f"floor (first pass, V = ridge*I) {floor_row * 1e6:.1f} CPU us per example on one core; "
+        f"the measured task nearest {part:,.0f} rows: {rows:,} rows in {secs:.1f} s (read wall + select CPU)"
+    )
+    print(
+        "'task read s' = the slowest task's wall time to map and gather its rows; 'task cpu s' = the slowest "
+        "task's select CPU seconds; 'cpu path s' = slowest read + CPU, plus round 2's CPU: the wall time with a "
+        "free core per part; 'driver GiB' = peak RSS of this process"
+    )
+    print(
+        f"paper estimate, {big:,} examples x {t} x {d} float16 ({big * t * d * 2 / 2**30:.0f} GiB on a shared "
+        f"filesystem), budget {b}: k = ceil(sqrt(N / budget)) = {k} parts of {part:,.0f} rows, so round 2's union "
+        f"({k * b:,} rows) is a part's size too; round 1 = {k} tasks at once, ~{task:.0f} s each "
+        f"(that task scaled linearly); round 2 on the driver ~{task:.0f} s; total ~{2 * task / 60:.0f} min on "
+        f"{k} workers plus reading {part * t * d * 2 / 2**30:.2f} GiB per task. One machine instead: "
+        f"{big * t * d * 2 / 2**30:.0f} GiB of values and a first pass alone of {floor_row * big / 60:.0f} min"
     )
 
 
@@ -197,13 +400,24 @@ def main() -> None:
     ap.add_argument("--skip-brute", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu (numpy) or cuda (torch); the brute force runs on CPU")
     ap.add_argument("--sizes", type=int, nargs="+", default=[2500, 5000, 10000, 20000])
-    ap.add_argument("--epsilon", type=float, help="only 4.: fast mode at this epsilon, on the largest of --sizes")
+    ap.add_argument("--epsilon", type=float, nargs="+", help="4.: fast mode at these epsilons, largest of --sizes")
+    ap.add_argument("--partitions", type=int, nargs="+", help="5. (or 6. with --big): GreeDi with these k")
+    ap.add_argument("--engine", default="local", choices=["local", "ray"], help="5.: where GreeDi's round 1 runs")
+    ap.add_argument("--cpus", type=int, help="CPUs of the local Ray cluster (default: all cores)")
+    ap.add_argument("--big", type=int, help="6.: a memory-mapped float16 pool of this many examples, GreeDi on Ray")
+    ap.add_argument("--big-shape", type=int, nargs=2, default=[32, 128], metavar=("T", "D"))
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "infosift-bench", help="6.: pool dir")
     args = ap.parse_args()
-    if args.epsilon is not None:
-        if args.quick:
-            fast_mode(1000, 16, 64, 100, args.epsilon, args.device)
-        else:
-            fast_mode(max(args.sizes), args.tokens, args.dim, args.budget, args.epsilon, args.device)
+    if args.big:
+        big_pool(args.big, *args.big_shape, args.partitions or [1, 2, 4], args.budget, args.dir, args.cpus)
+        return
+    if args.epsilon or args.partitions:
+        shape = (1000, 16, 64, 100) if args.quick else (max(args.sizes), args.tokens, args.dim, args.budget)
+        ref = exact_reference(*shape, device=args.device)
+        if args.epsilon:
+            fast_mode(ref, shape[-1], args.epsilon, args.device)
+        if args.partitions:
+            distributed(ref, shape[-1], args.partitions, args.engine, args.cpus, args.device)
         return
     if args.one:
         print(json.dumps(one_size(args.one, args.tokens, args.dim, args.budget, args.device)))

@@ -6,6 +6,11 @@ GIP's targets or scores, DSIR's n-gram importance weights toward the target slic
 ``select.budget_unit``: tokens (what a fine-tune pays for) or examples. A seeded selector (random,
 density) selects once per seed in ``select.seeds``; a deterministic one selects once and writes that
 selection for every seed, so each seed still gets its own fine-tune.
+Distributed selection: ``select.partitions`` k > 1 runs every distributable variant (fishersft, sentence_od;
+a variant may set its own ``partitions``) as GreeDi, the two-round distributed greedy of select/greedi.py, its
+partition drawn with the seed; ``select.engine: ray`` runs round 1 as Ray tasks on ``select.ray.address``
+(null: a local Ray on this machine). The manifest's info records k, the partition seed, the engine and
+which of (union, best part) won.
 Output: results/select/<variant>-<budget>/seed-<s>/manifest.json.
 """
 
@@ -20,9 +25,10 @@ import numpy as np
 from infosift.features import TokenFeatures
 from infosift.manifest import build_manifest, path_sha256
 from infosift.queries import QuerySource, get_query, query_options
-from infosift.select import get_selector
+from infosift.select import distributable, get_selector
 from infosift.select.base import UNITS
-from stages._common import StageError, atomic_output, check_param, params, run, variant_name, whole_number
+from infosift.select.greedi import ENGINES
+from stages._common import StageError, atomic_output, check_keys, check_param, params, run, variant_name, whole_number
 
 FEATURES = Path("data/features")
 DOWNLOAD = Path("data/download")
@@ -48,6 +54,21 @@ def scalar_info(info: dict) -> dict:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in keep.items() if not k.endswith("_s")}
 
 
+def distribution(p: dict, selector: str, sel_params: dict) -> dict:
+    """get_selector's partitions / engine / ray_address for this variant; {} when it runs as one greedy here."""
+    partitions = check_param(p.get("partitions", 1), "select.partitions", int, low=1)
+    engine = check_param(p.get("engine", "local"), "select.engine", str, choices=ENGINES)
+    ray = p.get("ray") or {}
+    check_keys(ray, "select.ray", {"address"})
+    address = check_param(ray.get("address"), "select.ray.address", str, allow_none=True)
+    if not distributable(selector):
+        return {}
+    out = {"partitions": sel_params.get("partitions", partitions), "engine": sel_params.get("engine", engine)}
+    if out["engine"] == "ray":
+        out["ray_address"] = address
+    return out if out["partitions"] != 1 or out["engine"] != "local" else {}
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise StageError("usage: python -m stages.select VARIANT BUDGET")
@@ -62,7 +83,8 @@ def main(argv: list[str]) -> None:
     selector_name, sel_params, query = variant_config(name, p)
     query_cfg = {k: sel_params.pop(k) for k in query_options() if k in sel_params}
     query_kind = None if query is None else get_query(query)
-    selector = get_selector(selector_name, **sel_params)
+    scale = distribution(p, selector_name, sel_params)
+    selector = get_selector(selector_name, **{**sel_params, **scale})
     features = TokenFeatures.load(FEATURES / "pool", mmap=True)
     try:  # corrupted features are an error for every selector, also those that never read the values
         features.check_finite()

@@ -33,11 +33,42 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_selector(name: str, **params) -> Selector:
-    """Instantiate the selector registered under ``name`` with its construction parameters."""
+def distributable(name: str) -> bool:
+    """Whether the selector ``name`` can run as GreeDi (partitions / engine); False for unknown names."""
+    return bool(getattr(_REGISTRY.get(name), "distributable", False))
+
+
+def get_selector(
+    name: str,
+    *,
+    partitions: int | None = None,
+    engine: str | None = None,
+    ray_address: str | None = None,
+    **params,
+) -> Selector:
+    """Instantiate the selector registered under ``name`` with its construction parameters.
+
+    ``partitions`` / ``engine`` run a distributable selector (fishersft, sentence_od) as GreeDi, the two-round
+    distributed greedy of select/greedi.py: ``engine="local"`` in this process, ``engine="ray"`` with round 1
+    as Ray tasks (infosift/scale/select.py, imported only then; ``ray_address``: None starts a local Ray).
+    """
     if name not in _REGISTRY:
         raise SelectionError(f"unknown selector {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](**params)
+    selector = _REGISTRY[name](**params)
+    if partitions is None and engine is None and ray_address is None:
+        return selector
+    from infosift.select.greedi import Distributed, check_distributable, check_engine, check_partitions
+
+    check_distributable(selector)
+    engine = check_engine(engine or "local")
+    check_partitions(1 if partitions is None else partitions)
+    if engine == "local":
+        if ray_address is not None:
+            raise SelectionError(f"ray_address {ray_address!r} is only used with engine='ray'")
+        return Distributed(selector, 1 if partitions is None else partitions, engine)
+    from infosift.scale.select import ray_round1
+
+    return Distributed(selector, 1 if partitions is None else partitions, engine, ray_round1(ray_address))
 
 
 def discover() -> list[str]:
@@ -56,6 +87,7 @@ __all__ = [
     "Selector",
     "available",
     "check_budget",
+    "distributable",
     "discover",
     "get_selector",
     "register",

@@ -157,6 +157,7 @@ class FisherSFT:
     """
 
     deterministic = True
+    distributable = True  # gains are exact marginal gains of log det, a set function: GreeDi can split it
 
     def __init__(
         self,

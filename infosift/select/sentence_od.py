@@ -29,6 +29,7 @@ def pooled_features(features: TokenFeatures) -> TokenFeatures:
 @register("sentence_od")
 class SentenceOD:
     deterministic = True
+    distributable = True  # see FisherSFT
 
     def __init__(self, ridge: float = 1.0, batch: int = 16, refactor_every: int = 50, device: str | None = None):
         self.ridge, self.batch, self.refactor_every, self.device = ridge, batch, refactor_every, device
