@@ -28,20 +28,31 @@ from infosift.queries import QuerySource, get_query, query_options
 from infosift.select import distributable, get_selector
 from infosift.select.base import UNITS
 from infosift.select.greedi import ENGINES
-from stages._common import StageError, atomic_output, check_keys, check_param, params, run, variant_name, whole_number
+from stages._common import (
+    StageError,
+    atomic_output,
+    check_items,
+    check_keys,
+    check_param,
+    params,
+    run,
+    variant_name,
+    whole_number,
+)
 
+KNOWN = {"run", "budget_unit", "budgets", "seeds", "partitions", "engine", "ray", "variants"}
 FEATURES = Path("data/features")
 DOWNLOAD = Path("data/download")
 
 
 def variant_config(name: str, p: dict) -> tuple[str, dict, str | None]:
     """(selector name, selector params, query kind) of a variant; an unknown variant is an error."""
-    variants = p.get("variants") or {}
+    variants = check_param(p.get("variants") or {}, "select.variants", dict)
     if name not in variants:
         raise StageError(
             f"unknown selector variant {name!r}; defined in params.yaml select.variants: {sorted(variants)}"
         )
-    cfg = dict(variants[name] or {})
+    cfg = dict(check_param(variants[name] or {}, f"select.variants.{name}", dict))
     selector = cfg.pop("selector", name)
     query = cfg.pop("query", None)
     return selector, cfg, query
@@ -75,11 +86,8 @@ def main(argv: list[str]) -> None:
     name, budget = argv[0], whole_number(argv[1], "budget")
     p = params("select")
     unit = check_param(p.get("budget_unit", "examples"), "select.budget_unit", str, choices=UNITS)
-    seeds = check_param(p.get("seeds", [0]), "select.seeds", list)
-    if not seeds:
-        raise StageError("params.yaml select.seeds: empty; give at least one seed, e.g. [0]")
-    for i, s in enumerate(seeds):
-        check_param(s, f"select.seeds[{i}]", int, low=0)
+    check_keys(p, "select", KNOWN)
+    seeds = check_items(p.get("seeds", [0]), "select.seeds", int, low=0)
     selector_name, sel_params, query = variant_config(name, p)
     query_cfg = {k: sel_params.pop(k) for k in query_options() if k in sel_params}
     query_kind = None if query is None else get_query(query)

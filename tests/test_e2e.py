@@ -37,6 +37,8 @@ TINY_PARAMS = {
         "budget_unit": "tokens",
         "budgets": [200, 400],
         "seeds": [0, 1],
+        "partitions": 1,
+        "engine": "local",
         "variants": {
             "random": {"selector": "random"},
             "fishersft": {"selector": "fishersft", "ridge": 1.0},

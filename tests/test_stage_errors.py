@@ -678,7 +678,7 @@ def test_sketch_checks_params_and_corpora_before_the_model(monkeypatch, tmp_path
         ({"seeds": 2.5}, "synthetic.seeds: must be a whole number"),
         ({"seeds": True}, "synthetic.seeds: must be a whole number"),
         ({"ridge": float("nan")}, "synthetic.ridge: must be a finite number"),
-        ({"selectors": {"fishersft": {"rige": 1.0}}}, "synthetic.selectors.fishersft: .*unexpected keyword"),
+        ({"selectors": {"fishersft": {"rige": 1.0}}}, "synthetic.selectors.fishersft: .*no parameter .rige."),
         ({"selectors": {"random": "x"}}, "synthetic.selectors.random: must be a dict"),
         ({"dd": 3}, "synthetic.dd: unknown parameter"),
     ],
@@ -946,3 +946,34 @@ def test_atomic_output_errors_name_the_final_path_not_the_temporary_one(monkeypa
             tmp.mkdir()
     assert commit.value.filename == str(final)
     assert list((tmp_path / "results").iterdir()) == []  # and the temporary sibling is gone
+
+
+@pytest.fixture(scope="module")
+def select_ws(tmp_path_factory) -> Path:
+    return select_workspace(tmp_path_factory.mktemp("select-params"), small_features())
+
+
+@pytest.mark.parametrize(
+    ("change", "variant", "message"),
+    [
+        ({"variants": ["random"]}, "random", "select.variants: must be a dict"),
+        ({"variants": {"random": "random"}}, "random", "select.variants.random: must be a dict"),
+        ({"bogus": 1}, "random", "select.bogus: unknown parameter"),
+        ({"seeds": [0, 0]}, "random", "select.seeds: 0 is listed twice"),
+        ({"variants": {"f": {"selector": "fishersft", "rige": 1.0}}}, "f", "has no parameter 'rige'; known: ridge"),
+        ({"variants": {"f": {"selector": "fishersft", "ridge": "x"}}}, "f", "'ridge' must be a finite number, got 'x'"),
+        ({"variants": {"f": {"selector": "fishersft", "ridge": float("nan")}}}, "f", "must be a finite number, got nan"),
+        ({"variants": {"f": {"selector": "fishersft", "batch": 2.5}}}, "f", "'batch' must be a whole number"),
+    ],
+)
+def test_select_variant_and_section_errors(monkeypatch, capsys, select_ws, change, variant, message):
+    """A mistyped selector parameter or select section is one line before any selection runs (red-team S1-S7)."""
+    from stages import select
+
+    params = {"select": {"seeds": [0], "budget_unit": "examples", "variants": {"random": {"selector": "random"}}}}
+    params["select"].update(change)
+    write_params(select_ws, params)
+    monkeypatch.chdir(select_ws)
+    line = one_error_line(monkeypatch, capsys, select.main, [variant, "2"])
+    assert message in line, line
+    assert not (select_ws / "results").exists()

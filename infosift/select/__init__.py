@@ -8,6 +8,8 @@ file: no import list to keep in sync. Helper modules (base, celf, logdet...) reg
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
 import pkgutil
 from collections.abc import Callable
 
@@ -38,6 +40,24 @@ def distributable(name: str) -> bool:
     return bool(getattr(_REGISTRY.get(name), "distributable", False))
 
 
+def check_params(name: str, params: dict) -> None:
+    """Names and numbers checked against the constructor's signature, so a typo or a NaN ridge is one clear
+    SelectionError at construction instead of a TypeError (or a silent NaN objective) deep in the greedy."""
+    sig = inspect.signature(_REGISTRY[name].__init__)
+    known = [k for k in sig.parameters if k != "self"]
+    for key, value in params.items():
+        open_ended = any(q.kind is q.VAR_KEYWORD for q in sig.parameters.values())
+        if key not in sig.parameters and not open_ended:
+            raise SelectionError(f"selector {name!r} has no parameter {key!r}; known: {', '.join(known)}")
+        default = sig.parameters[key].default if key in sig.parameters else None
+        if isinstance(default, bool) or not isinstance(default, int | float) or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SelectionError(f"selector {name!r} parameter {key!r} must be a finite number, got {value!r}")
+        if isinstance(default, int) and not isinstance(value, int):
+            raise SelectionError(f"selector {name!r} parameter {key!r} must be a whole number, got {value!r}")
+
+
 def get_selector(
     name: str,
     *,
@@ -54,6 +74,7 @@ def get_selector(
     """
     if name not in _REGISTRY:
         raise SelectionError(f"unknown selector {name!r}; available: {', '.join(available())}")
+    check_params(name, params)
     selector = _REGISTRY[name](**params)
     if partitions is None and engine is None and ray_address is None:
         return selector
