@@ -962,7 +962,7 @@ def select_ws(tmp_path_factory) -> Path:
         ({"seeds": [0, 0]}, "random", "select.seeds: 0 is listed twice"),
         ({"variants": {"f": {"selector": "fishersft", "rige": 1.0}}}, "f", "has no parameter 'rige'; known: ridge"),
         ({"variants": {"f": {"selector": "fishersft", "ridge": "x"}}}, "f", "'ridge' must be a finite number, got 'x'"),
-        ({"variants": {"f": {"selector": "fishersft", "ridge": float("nan")}}}, "f", "must be a finite number, got nan"),
+        ({"variants": {"f": {"selector": "fishersft", "ridge": float("nan")}}}, "f", "finite number, got nan"),
         ({"variants": {"f": {"selector": "fishersft", "batch": 2.5}}}, "f", "'batch' must be a whole number"),
     ],
 )
