@@ -379,6 +379,7 @@ def big_pool(n: int, t: int, d: int, ks: list[int], budget: int, out: Path, cpus
     part = big / k
     rows, secs = min(tasks, key=lambda task: abs(task[0] - part))  # the measured task nearest that size
     task = secs * part / rows  # linear in rows: pessimistic, a greedy's steps grow slower than its pool
+    most, whole = max(tasks)  # the largest task measured (k = 1: the central greedy)
     print(
         f"floor (first pass, V = ridge*I) {floor_row * 1e6:.1f} CPU us per example on one core; "
         f"the measured task nearest {part:,.0f} rows: {rows:,} rows in {secs:.1f} s (read wall + select CPU)"
@@ -395,7 +396,8 @@ def big_pool(n: int, t: int, d: int, ks: list[int], budget: int, out: Path, cpus
         f"({k * b:,} rows) is a part's size too; round 1 = {k} tasks at once, ~{task:.0f} s each "
         f"(that task scaled linearly); round 2 on the driver ~{task:.0f} s; total ~{2 * task / 60:.0f} min on "
         f"{k} workers plus reading {part * t * d * 2 / 2**30:.2f} GiB per task. One machine instead: "
-        f"{big * t * d * 2 / 2**30:.0f} GiB of values and a first pass alone of {floor_row * big / 60:.0f} min"
+        f"{big * t * d * 2 / 2**30:.0f} GiB of values, a first pass alone of {floor_row * big / 60:.0f} min, and "
+        f"the central greedy ~{whole * big / most / 60:.0f} min (the {most:,}-row task scaled linearly)"
     )
 
 
