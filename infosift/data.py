@@ -67,6 +67,21 @@ def dataset_spec(name: str, prompt_field: str | None = None, response_field: str
 
 
 # -- reading -------------------------------------------------------------------------------
+def parse_json(raw: bytes, path: str | Path) -> object:
+    """One JSON document from bytes; non-UTF-8, malformed or too-deep input is one DataError naming ``path``.
+
+    The one decoder of whole-file JSON (datasets, manifests, metrics), so every file says the same words.
+    """
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, row) from a .jsonl, .json (list of objects) or .parquet file."""
     path = Path(path)
@@ -87,14 +102,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         return
     raw = path.read_bytes()
     if path.suffix == ".json":
-        try:
-            rows = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 at byte {e.start}") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        except RecursionError:
-            raise DataError(f"{path}: JSON nested too deeply to read") from None
+        rows = parse_json(raw, path)
         if not isinstance(rows, list):
             raise DataError(f"{path}: a .json dataset must be a list of objects")
         for i, row in enumerate(rows, start=1):

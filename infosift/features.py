@@ -107,18 +107,25 @@ class TokenFeatures:
         """The same sentences, ids, costs and token stats over new token rows (e.g. reweighted)."""
         return TokenFeatures(values, self.offsets, self.ids, self.costs, self.p_next, self.p_sqnorm)
 
-    def check_finite(self) -> None:
+    def check_finite(self, chunk_bytes: int = 1 << 28) -> None:
         """Raise FeaturesError (a ValueError) naming the first sentence whose token rows or token stats
-        (p_next, p_sqnorm) hold a NaN or Inf."""
+        (p_next, p_sqnorm) hold a NaN or Inf.
+
+        Scans about ``chunk_bytes`` of float32 at a time, so a memory-mapped pool larger than RAM is checked
+        in bounded memory instead of being read whole.
+        """
         for name, arr in (("features", self.values), ("p_next", self.p_next), ("p_sqnorm", self.p_sqnorm)):
             if arr is None:
                 continue
-            finite = np.isfinite(np.asarray(arr, dtype=np.float32))
-            bad_rows = ~(finite.all(axis=1) if finite.ndim == 2 else finite)
-            if bad_rows.any():
-                row = int(np.argmax(bad_rows))
-                i = int(np.searchsorted(self.offsets, row, side="right") - 1)
-                raise FeaturesError(f"{name} of sentence {i} (id {self.ids[i]}) contain NaN or Inf")
+            row_bytes = 4 * int(np.prod(arr.shape[1:], dtype=np.int64))
+            chunk_rows = max(1, chunk_bytes // max(row_bytes, 1))
+            for start in range(0, len(arr), chunk_rows):
+                finite = np.isfinite(np.asarray(arr[start : start + chunk_rows], dtype=np.float32))
+                bad_rows = ~(finite.all(axis=1) if finite.ndim == 2 else finite)
+                if bad_rows.any():
+                    row = start + int(np.argmax(bad_rows))
+                    i = int(np.searchsorted(self.offsets, row, side="right") - 1)
+                    raise FeaturesError(f"{name} of sentence {i} (id {self.ids[i]}) contain NaN or Inf")
 
     # -- disk ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infosift.data import parse_json
 from infosift.errors import DataError
 from infosift.hashing import file_sha256
 
@@ -91,14 +92,7 @@ def read_json_object(path: str | Path, missing: str = "not found") -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {missing}")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to read") from None
+    obj = parse_json(path.read_bytes(), path)
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj

@@ -510,6 +510,26 @@ def test_check_finite_covers_token_stats():
         feats.check_finite()
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 40, 1 << 28])
+def test_check_finite_chunked_on_memmap_finds_every_row(tmp_path, chunk_bytes):
+    """A memory-mapped pool is scanned in chunks (bounded memory); the first bad row is found whichever chunk
+    holds it, and named by its sentence, also when a chunk boundary falls inside a sentence."""
+    from infosift.errors import FeaturesError
+
+    feats = small_features()
+    feats.save(tmp_path / "pool")
+    mapped = TokenFeatures.load(tmp_path / "pool", mmap=True)
+    mapped.check_finite(chunk_bytes=chunk_bytes)
+    for row in (0, len(feats.values) - 1, int(feats.offsets[2]) + 1):
+        values = np.array(feats.values)
+        values[row, -1] = np.inf
+        np.save(tmp_path / "pool" / "values.npy", values)
+        mapped = TokenFeatures.load(tmp_path / "pool", mmap=True)
+        sentence = int(np.searchsorted(feats.offsets, row, side="right") - 1)
+        with pytest.raises(FeaturesError, match=rf"features of sentence {sentence} \(id"):
+            mapped.check_finite(chunk_bytes=chunk_bytes)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [("[1, 2]", "manifest.json: expected a JSON object, got list"), ("{bad", "manifest.json:1: not valid JSON"),
