@@ -49,6 +49,7 @@ EXTRA = [
     ("dsir", {"mode": "sample"}),
     ("fishersft", {"weighting": "uncertainty"}),
     ("fishersft", {"weighting": "error"}),
+    ("fishersft", {"weighting": "length"}),
     ("fishersft", {"ridge": 0.1, "batch": 2, "refactor_every": 3}),
     ("gip", {"normalize": True}),
 ]
@@ -339,16 +340,18 @@ def test_gip_greedy_projection_under_a_knapsack_equals_brute_force(seed, n, d, r
 
 
 def brute_weights(f: TokenFeatures, weighting: str) -> np.ndarray:
+    if weighting == "length":  # every token of sentence i scaled by 1 / sqrt(its token count)
+        return np.concatenate([np.full(len(f.sentence(i)), len(f.sentence(i)) ** -0.5) for i in range(len(f))])
     sq, pn = np.asarray(f.p_sqnorm, dtype=np.float64), np.asarray(f.p_next, dtype=np.float64)
     return np.sqrt(1.0 - sq) if weighting == "uncertainty" else np.sqrt(1.0 - 2.0 * pn + sq)
 
 
-@pytest.mark.parametrize("weighting", ["uncertainty", "error"])
+@pytest.mark.parametrize("weighting", ["uncertainty", "error", "length"])
 @pytest.mark.parametrize("unit,seed", [("examples", 0), ("examples", 1), ("tokens", 2), ("tokens", 3)])
 def test_weighting_selects_what_brute_force_selects_on_scaled_rows(weighting, unit, seed):
     f = pool(35, 5, seed, dtype=np.float32)  # embed writes float16/float32 values
     w = brute_weights(f, weighting)
-    assert np.all(w > 0) and np.all(w < (1.0 if weighting == "uncertainty" else np.sqrt(2.0)))
+    assert np.all(w > 0) and np.all(w < {"uncertainty": 1.0, "error": np.sqrt(2.0), "length": 1.0 + 1e-12}[weighting])
     scaled = f.with_values(np.asarray(f.values, dtype=np.float64) * w[:, None])
     costs = f.token_costs if unit == "tokens" else np.ones(len(f), dtype=np.int64)
     budget = int(costs.sum()) // 3 if unit == "tokens" else 12
@@ -362,7 +365,7 @@ def test_weighting_selects_what_brute_force_selects_on_scaled_rows(weighting, un
     assert res.info["weighting"] == weighting
 
 
-@pytest.mark.parametrize("weighting", ["uncertainty", "error"])
+@pytest.mark.parametrize("weighting", ["uncertainty", "error", "length"])
 def test_weighting_changes_the_selection(weighting):
     differs = []
     for seed in range(4):
@@ -371,6 +374,21 @@ def test_weighting_changes_the_selection(weighting):
         weighted = get_selector("fishersft", weighting=weighting).select(f, 10).indices.tolist()
         differs.append(plain != weighted)
     assert any(differs)
+
+
+def test_length_weight_values_content_not_token_count():
+    """Under ``length`` a sentence whose tokens are another's repeated 3 times has the same mean outer product,
+    so the same gain; unweighted, the repetition alone makes it worth more."""
+    rows = pool(1, 4, seed=11, stats=False).values
+    rows = np.asarray(rows, dtype=np.float64)
+    once, thrice = TokenFeatures.from_list([rows]), TokenFeatures.from_list([np.tile(rows, (3, 1))])
+
+    def gain(features: TokenFeatures, weighting: str) -> float:
+        return float(get_selector("fishersft", weighting=weighting).select(features, 1).gains[0])
+
+    assert gain(thrice, "none") > gain(once, "none") + 1e-3
+    assert gain(thrice, "length") == pytest.approx(gain(once, "length"), rel=1e-6)  # float32 weights
+    assert gain(once, "length") < gain(once, "none") or len(rows) == 1
 
 
 def test_error_weight_zeroes_a_perfectly_predicted_sentence():
@@ -398,7 +416,7 @@ def test_weighting_needs_token_stats_and_a_known_name():
         get_selector("fishersft", weighting="error").select(with_next, 3)
     assert len(get_selector("fishersft", weighting="none").select(f, 3).indices) == 3
     for bad in ("fisher", "None", "", None):
-        with pytest.raises(SelectionError, match="weighting must be one of none, uncertainty, error"):
+        with pytest.raises(SelectionError, match="weighting must be one of none, uncertainty, error, length"):
             get_selector("fishersft", weighting=bad)
     nan = pool(10, 4, seed=9)
     nan.p_next[3] = np.nan

@@ -23,6 +23,10 @@ the trace over the vocabulary axis gives one scalar weight per token, x -> w x:
   label-free: a token the model is sure of (p concentrated) carries little information.
 - ``error``: empirical Fisher at the actual next token y, ||p - onehot(y)||^2 = 1 - 2 p_y + sum_k p_k^2
   = 1 - 2 p_next + p_sqnorm: a token the model already predicts right carries little.
+- ``length``: w^2 = 1 / M_i for every token of sentence i, so it enters V as its mean token outer product
+  X_i^T X_i / M_i rather than the sum. Not a Fisher weight: the evidence (README) showed the unweighted
+  design preferring few long sentences, and a sum over tokens rewards length itself; this variant asks
+  whether the same design wins once a sentence is worth its content, not its token count.
 - ``none``: w = 1, the paper's objective (the default).
 p_next and p_sqnorm come from the base model's logits at embed time (TokenFeatures).
 """
@@ -118,7 +122,7 @@ def greedy_params(selector: object) -> dict:
     return {k: getattr(selector, k) for k in ("ridge", "batch", "refactor_every", "device")}
 
 
-WEIGHTINGS = ("none", "uncertainty", "error")
+WEIGHTINGS = ("none", "uncertainty", "error", "length")
 
 
 def information_weights(features: TokenFeatures, weighting: str) -> np.ndarray | None:
@@ -127,6 +131,9 @@ def information_weights(features: TokenFeatures, weighting: str) -> np.ndarray |
         raise SelectionError(f"fishersft weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     if weighting == "none":
         return None
+    if weighting == "length":
+        rows = np.diff(features.offsets)
+        return np.repeat(1.0 / np.sqrt(np.maximum(rows, 1)), rows).astype(np.float32)
     if features.p_next is None or features.p_sqnorm is None:
         raise SelectionError(
             f"weighting={weighting!r} needs p_next and p_sqnorm from embed; these features have none (re-run embed)"
