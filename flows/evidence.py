@@ -3,12 +3,13 @@
     python -m flows.evidence                       # both pools (clean, contaminated), CPU profile
     python -m flows.evidence --pools clean         # one pool
     python -m flows.evidence --profile gpu         # the larger GPU profile on top
+    python -m flows.evidence --pools contaminated --profile steps   # equal examples instead of equal tokens
 
 Each pool is one `dvc exp run compare -S key=value ...` (params.evidence.yaml: shared overrides plus the
 pool's own), so DVC caches every stage by content: a killed run resumes from the last finished stage,
 and the two pools share nothing but the download of the source files. After each pool the evidence
 (results/compare/evidence.md, evidence.csv, nll_vs_tokens.png, table.md) is copied to
-results/evidence/<pool>/ and the wall time is recorded; `dvc exp show` lists the experiments.
+results/evidence/<pool>[-<profile>]/ and the wall time is recorded; `dvc exp show` lists the experiments.
 The workspace is left at the last experiment; `git checkout params.yaml && dvc checkout` goes back.
 """
 
@@ -30,15 +31,23 @@ OUT = ROOT / "results" / "evidence"
 COPIED = ("evidence.md", "evidence.csv", "nll_vs_tokens.png", "table.md")
 
 
-def overrides(profile: dict, pool: str, gpu: bool) -> dict:
-    """The flat key -> value overrides for one pool."""
-    if pool not in profile.get("pools", {}):
-        raise SystemExit(f"error: {PROFILE.name}: unknown pool {pool!r}; known: {sorted(profile.get('pools', {}))}")
-    flat = dict(profile.get("overrides", {}))
-    if gpu:
-        flat.update(profile.get("gpu", {}))
-    flat.update(profile["pools"][pool])
+def overrides(profile: dict, pool: str, name: str | None = None) -> dict:
+    """The flat key -> value overrides for one pool: shared ones, then the pool's, then profile ``name``'s."""
+    pools, profiles = profile.get("pools") or {}, profile.get("profiles") or {}
+    if pool not in pools:
+        raise SystemExit(f"error: {PROFILE.name}: unknown pool {pool!r}; known: {sorted(pools)}")
+    if name is not None and name not in profiles:
+        raise SystemExit(f"error: {PROFILE.name}: unknown profile {name!r}; known: {sorted(profiles)}")
+    flat = dict(profile.get("overrides") or {})
+    flat.update(pools[pool] or {})
+    if name is not None:
+        flat.update(profiles[name] or {})
     return flat
+
+
+def result_dir(pool: str, name: str | None = None) -> Path:
+    """Where one pool's evidence is kept: results/evidence/<pool>, or <pool>-<profile> under a profile."""
+    return OUT / (pool if name is None else f"{pool}-{name}")
 
 
 def set_args(flat: dict) -> list[str]:
@@ -50,23 +59,22 @@ def set_args(flat: dict) -> list[str]:
     return args
 
 
-def run_pool(profile: dict, pool: str, gpu: bool) -> float:
+def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
     """Run one pool's experiment to the end and collect its evidence; return the wall time in seconds."""
-    name = f"evidence-{pool}" + ("-gpu" if gpu else "")
-    cmd = ["dvc", "exp", "run", "compare", "--name", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"]
-    cmd += set_args(overrides(profile, pool, gpu))
+    dest = result_dir(pool, name)
+    cmd = ["dvc", "exp", "run", "compare", "--name", f"evidence-{dest.name}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    cmd += set_args(overrides(profile, pool, name))
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         raise SystemExit(f"error: the {pool} pool's experiment failed (see the dvc output above); rerun to resume")
     seconds = time.perf_counter() - t0
-    dest = OUT / (pool + ("-gpu" if gpu else ""))
     dest.mkdir(parents=True, exist_ok=True)
     for f in COPIED:
         if (ROOT / "results/compare" / f).exists():
             shutil.copy(ROOT / "results/compare" / f, dest / f)
     (dest / "run.json").write_text(
-        json.dumps({"pool": pool, "wall_seconds": round(seconds, 1), "command": cmd}, indent=1) + "\n"
+        json.dumps({"pool": pool, "profile": name, "wall_seconds": round(seconds, 1), "command": cmd}, indent=1) + "\n"
     )
     return seconds
 
@@ -74,12 +82,15 @@ def run_pool(profile: dict, pool: str, gpu: bool) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pools", nargs="+", default=["clean", "contaminated"])
-    parser.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--profile", default=None, help=f"a block under `profiles` in {PROFILE.name} (gpu, steps)")
     args = parser.parse_args(argv)
     profile = yaml.safe_load(PROFILE.read_text())
     for pool in args.pools:
-        seconds = run_pool(profile, pool, args.profile == "gpu")
-        print(f"evidence: {pool} pool finished in {seconds / 60:.1f} min -> {OUT / pool}/evidence.md", flush=True)
+        overrides(profile, pool, args.profile)  # every name checked before the first hour-long run starts
+    for pool in args.pools:
+        seconds = run_pool(profile, pool, args.profile)
+        out = result_dir(pool, args.profile)
+        print(f"evidence: {pool} pool finished in {seconds / 60:.1f} min -> {out}/evidence.md", flush=True)
     return 0
 
 

@@ -1,0 +1,63 @@
+"""The evidence profile (params.evidence.yaml) and how flows.evidence composes it: fast, no DVC run."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from flows import evidence
+
+PARAMS = yaml.safe_load((evidence.ROOT / "params.yaml").read_text())
+PROFILE = yaml.safe_load(evidence.PROFILE.read_text())
+
+
+def blocks() -> list[tuple[str, dict]]:
+    return (
+        [("overrides", PROFILE["overrides"])]
+        + [(f"pools.{k}", v) for k, v in PROFILE["pools"].items()]
+        + [(f"profiles.{k}", v) for k, v in PROFILE["profiles"].items()]
+    )
+
+
+@pytest.mark.parametrize(("where", "block"), blocks())
+def test_every_override_names_a_real_param(where, block):
+    """`dvc exp run -S` would fail an hour in on a key that params.yaml lacks: catch it here instead."""
+    for key in block:
+        node = PARAMS
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{where}: {key} is not in params.yaml"
+            node = node[part]
+
+
+def test_every_variant_the_profiles_run_is_defined():
+    variants = set(PARAMS["select"]["variants"])
+    for where, block in blocks():
+        assert set(block.get("select.run", [])) <= variants, where
+
+
+def test_pool_then_profile_take_precedence():
+    profile = {
+        "overrides": {"a": 1, "b": 1, "c": 1},
+        "pools": {"p": {"b": 2, "c": 2}},
+        "profiles": {"x": {"c": 3}},
+    }
+    assert evidence.overrides(profile, "p") == {"a": 1, "b": 2, "c": 2}
+    assert evidence.overrides(profile, "p", "x") == {"a": 1, "b": 2, "c": 3}
+    assert profile["overrides"] == {"a": 1, "b": 1, "c": 1}  # not mutated
+    assert evidence.result_dir("p").name == "p" and evidence.result_dir("p", "x").name == "p-x"
+
+
+def test_steps_profile_matches_examples_not_tokens():
+    flat = evidence.overrides(PROFILE, "contaminated", "steps")
+    assert flat["select.budget_unit"] == "examples" and "random" in flat["select.run"]
+    assert flat["download.contaminate.share"] == PROFILE["pools"]["contaminated"]["download.contaminate.share"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--pools", "dirty"], "unknown pool 'dirty'"), (["--profile", "tpu"], "unknown profile 'tpu'")],
+)
+def test_unknown_names_fail_before_any_run(argv, message, monkeypatch):
+    monkeypatch.setattr(evidence, "run_pool", lambda *a: pytest.fail("ran before checking every name"))
+    with pytest.raises(SystemExit, match=message):
+        evidence.main(argv)
