@@ -132,7 +132,7 @@ def information_weights(features: TokenFeatures, weighting: str) -> np.ndarray |
     if weighting == "none":
         return None
     if weighting == "length":
-        rows = np.diff(features.offsets)
+        rows = features.lengths
         return np.repeat(1.0 / np.sqrt(np.maximum(rows, 1)), rows).astype(np.float32)
     if features.p_next is None or features.p_sqnorm is None:
         raise SelectionError(
