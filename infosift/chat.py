@@ -84,3 +84,10 @@ def encode_pair(tokenizer, prompt: str, response: str, max_length: int | None = 
         full = full[:max_length]
     mask = [t >= n_prompt for t in range(len(full))]
     return Encoded(full, mask)
+
+
+def encode_record(tokenizer, rec: dict, max_length: int | None = None) -> Encoded:
+    """Placeholder until whole conversations land: a record's (prompt, response) pair."""
+    enc = encode_pair(tokenizer, rec["prompt"], rec["response"], max_length)
+    enc.truncated = max_length is not None and len(enc.input_ids) >= max_length
+    return enc

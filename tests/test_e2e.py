@@ -49,16 +49,16 @@ TINY_PARAMS = {
     },
     "finetune": {
         "losses": ["nll"],
+        "max_length": 64,
+        "infosft_p": 0.93,
+        "lora": None,
         "train": {
-            "lr": 1e-3,
-            "epochs": 1,
-            "batch_size": 3,
-            "grad_accum": 1,
-            "max_length": 64,
+            "learning_rate": 1e-3,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 3,
+            "gradient_accumulation_steps": 1,
             "warmup_ratio": 0.0,
             "weight_decay": 0.0,
-            "infosft_p": 0.93,
-            "lora": None,
         },
     },
     "evaluate": {
