@@ -52,6 +52,10 @@ TINY_PARAMS = {
         "max_length": 64,
         "infosft_p": 0.93,
         "lora": None,
+        "save": "adapter",
+        "processes": 1,
+        "engine": "local",
+        "ray": {"address": None, "num_workers": 2, "use_gpu": False},
         "train": {
             "learning_rate": 1e-3,
             "num_train_epochs": 1,
