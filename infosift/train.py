@@ -34,6 +34,9 @@ SAVE_MODES = ("adapter", "merged")
 OWNED_ARGS = {"output_dir", "seed", "data_seed", "logging_steps", "logging_strategy", "remove_unused_columns"}
 # Names other trainers' configs still carry, as transformers 5 spells them
 ALIASES = {"warmup_ratio": "warmup_steps"}  # transformers 5: warmup_steps < 1 is a ratio of the total steps
+# infosift's former names of its own loop, and what they are called now
+RENAMED = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+           "grad_accum": "gradient_accumulation_steps"}  # fmt: skip
 # infosift's defaults where Trainer's differ from what a small-budget SFT wants
 DEFAULT_ARGS = {
     "learning_rate": 2e-5,
@@ -133,7 +136,7 @@ def normalize_args(args: dict | None) -> dict:
         if name in OWNED_ARGS:
             raise InfosiftError(f"trainer argument {name!r} is set by infosift (checkpoints, seed, logging)")
         if name not in known:
-            close = sorted(k for k in known if k.startswith(name[:4]))[:4]
+            close = [RENAMED[name]] if name in RENAMED else sorted(k for k in known if k.startswith(name[:4]))[:4]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise InfosiftError(f"unknown trainer argument {name!r}{hint}: finetune.train takes TrainingArguments")
         check_arg_type(name, args[name], known[name])
