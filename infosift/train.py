@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from infosift.chat import collate, encode_pair, pad_id_of
+from infosift.chat import collate, encode_record, pad_id_of
 from infosift.device import pick_device
 from infosift.errors import InfosiftError
 from infosift.losses import weighted_token_loss
@@ -99,7 +99,7 @@ def finetune(
         raise ValueError("no training records")
     seed_everything(cfg.seed)
     device = pick_device(device)
-    encoded = [encode_pair(tokenizer, r["prompt"], r["response"], cfg.max_length) for r in records]
+    encoded = [encode_record(tokenizer, r, cfg.max_length) for r in records]
     encoded = [e for e in encoded if e.n_response > 0]
     if cfg.lora:
         model = wrap_lora(model, cfg.lora)

@@ -3,7 +3,8 @@
     nll = sum_{i, t in response_i} -log p(x_{i,t} | x_{i,<t}) / #response tokens
 
 Token t is predicted by the logits at position t-1 (next-token shift), and only response
-tokens count: the prompt is given, not learned. Pooling over tokens (not a mean of per-example
+tokens count (every assistant turn of the conversation, infosift.chat.encode_record): the prompt, system
+and user turns are given, not learned. Pooling over tokens (not a mean of per-example
 means) weights long answers by their length, exactly as the SFT loss does. Per-example sums are
 returned too, so that two models can be compared example by example (paired intervals).
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from infosift.chat import collate, encode_pair, pad_id_of
+from infosift.chat import collate, encode_record, pad_id_of
 from infosift.evaluate.hf import load_causal_lm
 
 
@@ -67,7 +68,7 @@ def heldout_nll(
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> dict:
-    """-log p of the response tokens of `records` ({id, prompt, response, source}), pooled and per example.
+    """-log p of the assistant tokens of `records` (whole conversations), pooled and per example.
 
     Returns {nll_per_token, n_examples, n_tokens, per_example}; per_example[i] = {id, nll_sum, n_tokens}
     belongs to records[i] (n_tokens is 0 where truncation left no response token).
@@ -77,7 +78,7 @@ def heldout_nll(
     model, tokenizer = load_causal_lm(model_dir, device, dtype=torch.float32, trust_remote_code=trust_remote_code)
     device_type = model.device.type
     pad_id = pad_id_of(tokenizer)
-    encoded = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in records]
+    encoded = [encode_record(tokenizer, r, max_length) for r in records]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
     sums, counts = [0.0] * len(records), [0] * len(records)
     precision = fp32_matmuls() if device_type == "cuda" else nullcontext()
