@@ -411,3 +411,18 @@ def test_contamination_alters_the_last_assistant_turn_of_a_conversation():
         assert after["messages"][-1] == {"role": "assistant", "content": after["response"]}
         assert after["response"] != before["response"] and after["id"] == conversation_id(after["messages"])
         assert report["ids"][after["id"]] == "truncate"
+
+
+def test_heldout_nll_counts_what_max_length_cut(tiny_model_dir):
+    from infosift.evaluate import heldout_nll
+
+    records = tiny_conversations(4)
+    tok = build_tokenizer()
+    masks = [tiny_mask(tok, encode_record(tok, r).input_ids) for r in records]
+    first = [m.index(True) for m in masks]  # where each conversation's first assistant token sits
+    max_length = sorted(first)[1]  # at least two conversations keep none, the others are cut or short
+    got = heldout_nll(tiny_model_dir, records, max_length=max_length, device="cpu")
+    lengths = [len(m) for m in masks]
+    assert got["n_truncated"] == sum(n > max_length for n in lengths) > 0
+    assert got["n_emptied"] == sum(f >= max_length for f in first) >= 2
+    assert [p["n_tokens"] for p in got["per_example"]] == [sum(m[1:max_length]) for m in masks]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from infosift.chat import collate, encode_record, pad_id_of
+from infosift.chat import collate, encode_record, pad_id_of, truncation_report
 from infosift.evaluate.hf import load_causal_lm
 
 
@@ -70,8 +70,10 @@ def heldout_nll(
 ) -> dict:
     """-log p of the assistant tokens of `records` (whole conversations), pooled and per example.
 
-    Returns {nll_per_token, n_examples, n_tokens, per_example}; per_example[i] = {id, nll_sum, n_tokens}
-    belongs to records[i] (n_tokens is 0 where truncation left no response token).
+    Returns {nll_per_token, n_examples, n_tokens, n_truncated, n_emptied, per_example}; per_example[i] =
+    {id, nll_sum, n_tokens} belongs to records[i]. max_length keeps the head of each conversation
+    (infosift.chat): n_truncated examples lost their tail, n_emptied of them every assistant token (their
+    n_tokens is 0: not scored, but counted).
     """
     if not records:
         raise ValueError("heldout_nll needs at least one record")
@@ -92,6 +94,7 @@ def heldout_nll(
             for i, si, ni in zip(rows, s.tolist(), n.tolist(), strict=True):
                 sums[i], counts[i] = si, int(ni)
     n_tokens = sum(counts)
+    cut = truncation_report(encoded, [r["id"] for r in records])
     if n_tokens == 0:
         raise ValueError("no response tokens to score (are responses empty or cut by max_length?)")
     per_example = [{"id": r["id"], "nll_sum": s, "n_tokens": n} for r, s, n in zip(records, sums, counts, strict=True)]
@@ -99,5 +102,7 @@ def heldout_nll(
         "nll_per_token": sum(sums) / n_tokens,
         "n_examples": len(records),
         "n_tokens": n_tokens,
+        "n_truncated": cut["truncated"],
+        "n_emptied": cut["emptied"],
         "per_example": per_example,
     }
