@@ -196,7 +196,7 @@ def _chat_turns(turns: object, field: str, where: str) -> list[Turn]:
         if not isinstance(t, dict):
             raise DataError(f"{where}: {label} must be an object with role and content, got {type(t).__name__}")
         name = t.get("role", t.get("from"))
-        if name not in ROLE_NAMES:
+        if not isinstance(name, str) or name not in ROLE_NAMES:
             known = ", ".join(ROLE_NAMES)
             raise DataError(f"{where}: {label} has role {name!r}; known roles: {known}")
         out.append(Turn(label, ROLE_NAMES[name], t.get("content", t.get("value"))))

@@ -247,6 +247,8 @@ SYS = {"role": "system", "content": "be terse"}
         ({"messages": [SYS, U1]}, "the conversation has no assistant turn"),
         ({"messages": [U1, A1, U2]}, "field 'messages' turn 3 is a user turn at the end"),
         ({"messages": [U1, {"role": "tool", "content": "x"}]}, "field 'messages' turn 2 has role 'tool'"),
+        ({"messages": [U1, {"role": ["assistant"], "content": "x"}]}, "turn 2 has role ['assistant']"),
+        ({"messages": [U1, "yo"]}, "field 'messages' turn 2 must be an object with role and content, got str"),
         ({"messages": [U1, {"role": "assistant", "content": " "}]}, "field 'messages' turn 2 must be a non-empty"),
         ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": 3}]}, "turn 2 must be a non"),
         ({"system": "s", "messages": [SYS, U1, A1]}, "both a 'system' field and a system turn in field 'messages'"),
