@@ -7,8 +7,9 @@ Which tokens are the assistant's: the whole conversation is rendered once; assis
 conversation up to it, rendered with the generation header, stops matching the whole (the longest common
 token prefix), and ends where the conversation through turn k, rendered alone, stops matching it (for the
 last turn: at the end). So each span holds the turn's content and what the template closes it with (its
-end-of-turn token), and nothing of a user or system turn; a template that renders a prefix differently from
-the whole costs at most the tokens where they differ, never a token of another turn.
+end-of-turn token). Where a template renders a prefix differently from the whole (one that moves the system
+prompt into the last user turn), the span is held to its own turn by the tokens' character offsets
+(``_SpanGuard``): never a token of another turn's content. A prompt/response pair is always the plain rule.
 
 Truncation, the one rule: keep the first ``max_length`` tokens. Later turns are cut; an assistant turn that
 straddles the cut keeps its tokens up to it; a conversation cut before its first assistant token has no token
@@ -17,6 +18,7 @@ to learn or score and is reported (``truncation_report``), never dropped without
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,27 +115,84 @@ def encode_messages(tokenizer, messages: list[dict], max_length: int | None = No
             raise DataError(f"{where}: the chat template cannot render it ({type(e).__name__}: {_line(e)})") from None
 
     text = render(messages, False)
-    at = 0
+    spans, at = [], 0  # each turn's content, as a character span of the whole rendering, in order
     for n, m in enumerate(messages, start=1):
-        found = text.find(m["content"], at)
+        system = m["role"] == "system"  # some templates put it elsewhere (into the last user turn): anywhere will do
+        found = text.find(m["content"], 0 if system else at)
         if found < 0:
             raise DataError(f"{where}: the chat template drops the content of turn {n} ({m['role']})")
-        at = found + len(m["content"])
-    full = _tokens(tokenizer, text)
+        spans.append((found, found + len(m["content"])))
+        at = at if system else spans[-1][1]
+    pair = [m["role"] for m in messages] == ["user", "assistant"]
+    guard = None
+    if pair or not getattr(tokenizer, "is_fast", False):
+        full = _tokens(tokenizer, text)
+    else:  # character offsets let each span be checked against the turns around it
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        full, guard = list(enc["input_ids"]), _SpanGuard(text, spans, enc["offset_mapping"])
     mask = [False] * len(full)
-    last = len(messages) - 1
+    last, done = len(messages) - 1, 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         start = _common_prefix(_tokens(tokenizer, render(messages[:i], True)), full)
-        end = len(full) if i == last else _common_prefix(_tokens(tokenizer, render(messages[: i + 1], False)), full)
+        through = "" if i == last else render(messages[: i + 1], False)
+        end = len(full) if i == last else _common_prefix(_tokens(tokenizer, through), full)
+        if guard is not None:
+            start, end = guard.span(i, start, end, through)
+        start = max(start, done)
         if end <= start:
             raise DataError(f"{where}: the chat template renders assistant turn {i + 1} as no token of the whole")
         mask[start:end] = [True] * (end - start)
+        done = end
     truncated = max_length is not None and len(full) > max_length
     if truncated:
         full, mask = full[:max_length], mask[:max_length]
     return Encoded(full, mask, truncated)
+
+
+class _SpanGuard:
+    """Keeps an assistant span found by prefix renderings inside its own turn, by the character offsets of tokens.
+
+    A template that renders a prefix of the conversation differently from the whole (one that moves the system
+    prompt into the last user turn, say) makes the common prefix stop in an earlier turn. Then the span falls
+    back to the turn's own text: from its content's first token, through the text that closes the turn when it
+    is rendered last (its end-of-turn token), never into the next turn's content.
+    """
+
+    def __init__(self, text: str, spans: list[tuple[int, int]], offsets) -> None:
+        self.text, self.spans = text, spans
+        self.starts = [int(a) for a, _ in offsets]
+        self.ends = [int(b) for _, b in offsets]
+
+    def after(self, c: int) -> int:
+        """The first token that ends after character c (the token holding c, or the next one)."""
+        return bisect.bisect_right(self.ends, c)
+
+    def from_(self, c: int) -> int:
+        """The first token that starts at or after character c."""
+        return bisect.bisect_left(self.starts, c)
+
+    def span(self, i: int, start: int, end: int, through: str) -> tuple[int, int]:
+        """(start, end) of assistant turn i, the prefix-found one where it lies in the turn, else the fallback.
+
+        ``through``: the conversation through turn i rendered alone ("" when turn i is the last).
+        """
+        cs, ce = self.spans[i]
+        first = self.after(cs)
+        if not self.after(self.spans[i - 1][1]) <= start <= first:
+            start = first
+        if not through:  # the last turn runs to the end, as a prompt/response pair's does
+            return start, end
+        covered, limit = self.from_(ce), self.after(self.spans[i + 1][0])
+        if not covered <= end <= limit:
+            at = through.rfind(self.text[cs:ce])
+            closing = through[at + ce - cs :] if at >= 0 else ""
+            n = 0
+            while n < len(closing) and ce + n < len(self.text) and closing[n] == self.text[ce + n]:
+                n += 1
+            end = min(max(self.from_(ce + n), covered), limit)
+        return start, end
 
 
 def encode_record(tokenizer, rec: dict, max_length: int | None = None) -> Encoded:

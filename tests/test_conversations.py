@@ -39,8 +39,21 @@ INST = (
     "{% if loop.first and system %}<<SYS>> {{ system }} <</SYS>> {% endif %}{{ m['content'] }} [/INST] "
     "{% else %}{{ m['content'] }} </s> {% endif %}{% endfor %}"
 )
+# and one that renders a prefix unlike the whole: the system prompt goes into the LAST user turn (as Mistral's)
+LAST_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% set ns = namespace(last=0) %}{% for m in turns %}{% if m['role'] == 'user' %}"
+    "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in turns %}{% if m['role'] == 'user' %}[INST] {% if loop.index0 == ns.last and system %}"
+    "{{ system }} {% endif %}{{ m['content'] }} [/INST] {% else %}{{ m['content'] }} </s> {% endif %}{% endfor %}"
+)
 # where an assistant turn opens and closes in each template's tokens
-MARKS = {"headers": (HEADERS, "<|assistant|>", "<|end|>"), "inst": (INST, "[/INST]", "</s>")}
+MARKS = {
+    "headers": (HEADERS, "<|assistant|>", "<|end|>"),
+    "inst": (INST, "[/INST]", "</s>"),
+    "last-system": (LAST_SYSTEM, "[/INST]", "</s>"),
+}
 
 SYSTEM = "you are terse ."
 EXCHANGES = [
@@ -328,11 +341,6 @@ def test_ensure_chat_template(tmp_path):
         ("{% for m in messages %}{{ m['content'] }", "cannot render it (TemplateSyntaxError"),
         ("{{ raise_exception('no chats here') }}", "cannot render it (TemplateError: no chats here)"),
         (HEADERS.replace("{% for m in messages %}", "{% for m in messages[-1:] %}"), "drops the content of turn 1"),
-        (  # a generation header that swallows the answer: no token left to learn
-            "{% for m in messages %}{{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}first answer {% endif %}",
-            "renders assistant turn 2 as no token",
-        ),
     ],
 )
 def test_a_template_that_does_not_render_is_one_line(tmp_path, text, message):
@@ -344,6 +352,13 @@ def test_a_template_that_does_not_render_is_one_line(tmp_path, text, message):
         ensure_chat_template(tok, path)
     assert str(e.value).startswith(str(path)) or str(e.value).startswith(f"chat template {path}")
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_generation_header_that_swallows_the_answer_leaves_no_token_and_says_so():
+    swallow = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}first {% endif %}"
+    tok = word_tokenizer(swallow)
+    with pytest.raises(DataError, match="record s: the chat template renders assistant turn 2 as no token"):
+        encode_record(tok, {"id": "s", "prompt": "x", "response": "first"})
 
 
 def test_a_template_that_refuses_system_prompts_names_the_record():
