@@ -80,9 +80,18 @@ def token_weight(q: torch.Tensor, loss_type: str, P: float = 0.93) -> torch.Tens
 
 
 def weighted_token_loss(
-    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, loss_type: str = "nll", P: float = 0.93
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str = "nll",
+    P: float = 0.93,
+    normalizer: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """Weighted mean of −log q over response tokens: Σ_t m_t·sg[w(q_t)]·(−log q_t) / Σ_t m_t.
+    """Weighted mean of −log q over response tokens: Σ_t m_t·sg[w(q_t)]·(−log q_t) / N, N = Σ_t m_t.
+
+    ``normalizer`` replaces N where the mean runs over more tokens than this batch holds: the trainer passes the
+    response tokens of the whole optimizer step (every accumulation step, every process), so that summing the
+    micro-batch losses gives the loss of the one large batch.
 
     Already shifted: ``logits[..., t, :]`` predicts ``labels[..., t]`` (pass ``logits[:, :-1]``,
     ``input_ids[:, 1:]``, ``response_mask[:, 1:]``). Computed in float32 whatever the logits dtype.
@@ -93,4 +102,5 @@ def weighted_token_loss(
     logq = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), safe.reshape(-1), reduction="none")
     logq = logq.view(labels.shape)
     w = token_weight(logq.exp(), loss_type, P)
-    return -(w * logq * mask).sum() / mask.sum().clamp(min=1.0)
+    n = mask.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float32, device=mask.device)
+    return -(w * logq * mask).sum() / n.clamp(min=1.0)

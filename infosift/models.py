@@ -60,18 +60,21 @@ def cached_sha256(path: Path, cache_dir: Path) -> str:
     return digest
 
 
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
+def model_fingerprint(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
     """sha256 over the names and bytes of the top-level files of an HF dir (config, tokenizer, weights).
 
     Content, not sizes: a fine-tuned model has the same file sizes as its base, and caches keyed on
-    this (embeddings, selections) must tell them apart. Hidden files and *.md are left out.
+    this (embeddings, selections) must tell them apart. Hidden files and *.md are left out. With ``cache_dir``
+    each file's digest is remembered by (path, size, mtime) (cached_sha256), so a base model that every matrix
+    item names is read once, not once per item.
     """
     root = Path(model_dir)
     h = hashlib.sha256()
     for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
         if f.suffix == ".md":
             continue
-        h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\n")
+        digest = cached_sha256(f, Path(cache_dir)) if cache_dir is not None else file_sha256(f)
+        h.update(f.name.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
 
 
@@ -101,9 +104,16 @@ def check_model_dir(path: str | os.PathLike, trust_remote_code: bool = False) ->
     model type transformers knows (or custom code the caller allows), and it holds weights.
 
     Each problem is a ModelResolutionError naming the dir, so a stage fails in one line instead of deep
-    inside transformers.
+    inside transformers. A LoRA adapter dir must hold its adapter weights, and its base is checked in turn.
     """
-    return _check_local_dir(Path(path), trust_remote_code)
+    path = Path(path)
+    base = adapter_base(path)
+    if base is not None:
+        if not (path / "adapter_model.safetensors").is_file():
+            raise ModelResolutionError(f"{path} is a LoRA adapter dir without adapter_model.safetensors")
+        _check_local_dir(base, trust_remote_code)
+        return path.resolve()
+    return _check_local_dir(path, trust_remote_code)
 
 
 def _check_local_dir(path: Path, trust_remote_code: bool) -> Path:
@@ -232,28 +242,118 @@ def autocast(device):
     return contextlib.nullcontext(), "float32"
 
 
-def load_model_and_tokenizer(model_dir, device=None, dtype=None, trust_remote_code: bool = False):
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+QUANTIZATIONS = ("4bit",)
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def resolve_dtype(dtype, device) -> torch.dtype:  # noqa: F821
+    """A weights dtype: a torch dtype, one of DTYPES, or None (float32). ``auto`` is bfloat16 on a CUDA device that
+    has it (float16 on one that does not) and float32 elsewhere: CPUs multiply bf16 slowly and round it coarsely."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelResolutionError(f"torch_dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        if torch.device(device).type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, dtype)
+
+
+def adapter_base(model_dir) -> Path | None:
+    """The base model dir a LoRA adapter dir was trained on (from its adapter_config.json), or None for a full model."""
+    cfg = Path(model_dir) / ADAPTER_CONFIG
+    if not cfg.is_file():
+        return None
+    try:
+        base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    except ValueError as e:
+        raise ModelResolutionError(f"{cfg}: not JSON ({e})") from None
+    if not base:
+        raise ModelResolutionError(f"{cfg}: names no base_model_name_or_path")
+    return Path(base)
+
+
+def quantization_config(quantization: str | None, device) -> object | None:
+    """bitsandbytes 4-bit NF4 (QLoRA: double quantization, bf16 compute) on CUDA; None when off.
+
+    Asked for anywhere but CUDA it is a DeviceError: bitsandbytes' kernels are CUDA kernels."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ModelResolutionError(f"quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)} or null")
+    import torch
+
+    if torch.device(device).type != "cuda":
+        raise DeviceError(f"quantization {quantization!r} (QLoRA) needs a CUDA device; this run is on {device}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelResolutionError("quantization 4bit needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+    )
+
+
+def load_model_and_tokenizer(
+    model_dir,
+    device=None,
+    dtype=None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    quantization: str | None = None,
+    merge_adapter: bool = True,
+):
     """Load a causal LM in eval mode on ``device`` (default: CUDA if available) and its tokenizer.
 
-    ``dtype`` (torch dtype or its name) defaults to float32: CPU computes in fp32, and on CUDA callers
-    autocast to bf16/fp16 rather than keep low-precision master weights. The tokenizer pads on the
-    right and falls back to the EOS token as pad when the model defines none.
+    ``dtype``: a torch dtype or one of DTYPES (see resolve_dtype); None is float32. A LoRA adapter dir loads its
+    base (adapter_base) with the adapter on top, merged in memory unless ``merge_adapter`` is False, so every
+    caller sees a plain model. ``quantization="4bit"`` loads the weights in NF4 for QLoRA (CUDA only). The
+    tokenizer pads on the right and falls back to the EOS token as pad when the model defines none.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch_device(device)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
+    dtype = resolve_dtype(dtype, device)
+    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ModelResolutionError(
+            f"attn_implementation {attn_implementation!r}: use one of {', '.join(ATTN_IMPLEMENTATIONS)} or null"
+        )
+    quant = quantization_config(quantization, device)
+    base = adapter_base(model_dir)
     with _load_errors(model_dir, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    with _load_errors(model_dir, "model"):
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+    with _load_errors(base or model_dir, "model"):
+        model = AutoModelForCausalLM.from_pretrained(base or model_dir, **kwargs)
+    if base is not None:
+        from peft import PeftModel
+
+        with _load_errors(model_dir, "adapter"):
+            model = PeftModel.from_pretrained(model, model_dir)
+        if merge_adapter:
+            model = model.merge_and_unload()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device).eval(), tokenizer
+    if quant is None:
+        model = model.to(device)
+    return model.eval(), tokenizer
 
 
 def torch_device(device=None):

@@ -9,21 +9,22 @@ run is written to this stage's outputs (they stay the same run to run, as DVC's 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import fields
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from infosift.data import read_examples
-from infosift.losses import available_losses, get_loss
+from infosift.errors import InfosiftError
+from infosift.losses import available_losses
 from infosift.manifest import content_hash, read_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
 from infosift.tracking_live import DEFAULT_EXPERIMENT, tracking_uri, training_run
-from infosift.train import TrainConfig, finetune
+from infosift.train import SAVE_MODES, TrainConfig, finetune
 from stages._common import (
     StageError,
     atomic_output,
-    check_device,
     check_items,
     check_keys,
     check_param,
@@ -32,7 +33,7 @@ from stages._common import (
     variant_name,
     whole_number,
 )
-from stages.model import base_model_dir
+from stages.model import base_model_dir, model_params
 
 LOSSES = tuple(available_losses())
 
@@ -46,64 +47,79 @@ def chosen_records(manifest: dict, pool: list[dict]) -> list[dict]:
     return [by_id[i] for i in manifest["ids"]]
 
 
-def checked_train_params(ft: dict) -> dict:
-    """finetune.train, each value checked (type, range, known name) before a model is loaded."""
-    check_keys(ft, "finetune", {"losses", "train"})
+FINETUNE_KEYS = {"losses", "train", "max_length", "infosft_p", "lora", "save", "processes", "engine", "ray"}
+RAY_KEYS = {"address", "num_workers", "use_gpu"}
+CHECKPOINTS = Path(".cache/checkpoints")  # outside every DVC out; a run's dir is removed when it succeeds
+
+
+def checked_finetune_params(ft: dict) -> dict:
+    """params.yaml finetune, checked before a model is loaded: infosift's own keys here, the trainer's arguments
+    (finetune.train, TrainingArguments by their own names) by TrainConfig."""
+    check_keys(ft, "finetune", FINETUNE_KEYS)
     if "losses" in ft:
         check_items(ft["losses"], "finetune.losses", str, choices=LOSSES)
-    train = ft.get("train") or {}
-    known = {f.name for f in fields(TrainConfig)} - {"loss_type", "seed"} | {"device"}
-    check_keys(train, "finetune.train", known)
-    for key, kind, low, high in (
-        ("lr", float, 0.0, None),
-        ("epochs", int, 1, None),
-        ("batch_size", int, 1, None),
-        ("grad_accum", int, 1, None),
-        ("max_length", int, 8, None),
-        ("warmup_ratio", float, 0.0, 1.0),
-        ("weight_decay", float, 0.0, None),
-        ("infosft_p", float, 0.0, 1.0),
-        ("max_grad_norm", float, 0.0, None),
-    ):
-        if key in train:
-            train[key] = check_param(train[key], f"finetune.train.{key}", kind, low=low, high=high)
-    if train.get("lr", 1.0) == 0:
-        raise StageError("params.yaml finetune.train.lr: must be > 0, got 0")
-    lora = check_param(train.get("lora"), "finetune.train.lora", dict, allow_none=True)
-    if lora:
-        check_lora(lora)
-    check_device(train.get("device"), "finetune.train.device")
-    return dict(train)
+    check_param(ft.get("train") or {}, "finetune.train", dict)
+    check_param(ft.get("max_length", 512), "finetune.max_length", int, low=8)
+    check_param(ft.get("infosft_p", 0.93), "finetune.infosft_p", float, low=0.0, high=1.0)
+    check_param(ft.get("lora"), "finetune.lora", dict, allow_none=True)
+    check_param(ft.get("save", "adapter"), "finetune.save", str, choices=SAVE_MODES)
+    check_param(ft.get("processes", 1), "finetune.processes", int, low=1)
+    engine = check_param(ft.get("engine", "local"), "finetune.engine", str, choices=("local", "ray"))
+    ray = check_param(ft.get("ray") or {}, "finetune.ray", dict)
+    check_keys(ray, "finetune.ray", RAY_KEYS)
+    check_param(ray.get("address"), "finetune.ray.address", str, allow_none=True)
+    check_param(ray.get("num_workers", 2), "finetune.ray.num_workers", int, low=1)
+    check_param(ray.get("use_gpu", False), "finetune.ray.use_gpu", bool)
+    if engine == "ray" and ft.get("processes", 1) > 1:
+        raise StageError("params.yaml finetune.processes: with engine ray, set finetune.ray.num_workers instead")
+    return ft
 
 
-def check_lora(lora: dict) -> None:
-    """finetune.train.lora as wrap_lora reads it, checked now: peft would refuse it only after the model loads,
-    in its own words (or not at all: a misspelt ``rank`` would silently train with the default r)."""
-    check_keys(lora, "finetune.train.lora", {"r", "alpha", "dropout", "target_modules"})
-    check_param(lora.get("r", 16), "finetune.train.lora.r", int, low=1)
-    check_param(lora.get("alpha", 32), "finetune.train.lora.alpha", int, low=1)
-    dropout = check_param(lora.get("dropout", 0.05), "finetune.train.lora.dropout", float, low=0.0)
-    if dropout >= 1:
-        raise StageError(f"params.yaml finetune.train.lora.dropout: must be < 1, got {dropout!r}")
-    targets = lora.get("target_modules", "all-linear")
-    if isinstance(targets, list):
-        check_items(targets, "finetune.train.lora.target_modules", str)
-    elif not isinstance(targets, str) or not targets.strip():
-        raise StageError(
-            "params.yaml finetune.train.lora.target_modules: must be a module name (pattern), all-linear, "
-            f"or a list of module names, got {targets!r}"
+def train_config(ft: dict, loss: str, seed: int) -> TrainConfig:
+    """The TrainConfig of one item; its own checks (unknown trainer argument, LoRA keys, P) named by param."""
+    try:
+        return TrainConfig(
+            loss_type=loss,
+            infosft_p=ft.get("infosft_p", 0.93),
+            max_length=ft.get("max_length", 512),
+            seed=seed,
+            lora=ft.get("lora"),
+            save=ft.get("save", "adapter"),
+            args=ft.get("train") or {},
         )
+    except InfosiftError as e:
+        raise StageError(f"params.yaml finetune: {e}") from None
 
 
-def check_loss_p(loss: str, P: float) -> None:
-    """The loss's own requirement on infosft_p (infosift: 0.5 < P < 1), tried on one token now: training
-    would meet it only after the model loads, in a message without the parameter's name."""
+def check_processes(n: int, cfg: TrainConfig, model: dict) -> None:
+    """finetune.processes against what this machine has: one process per GPU on CUDA, per core on CPU; QLoRA and
+    bf16 only where the device can run them (one error line now, not a trace from inside bitsandbytes)."""
+    import os
+
     import torch
 
+    cuda = torch.cuda.is_available() and not cfg.args.get("use_cpu", False)
+    have = torch.cuda.device_count() if cuda else (os.cpu_count() or 1)
+    if n > have:
+        where = f"{have} CUDA devices" if cuda else f"{have} CPU cores and no CUDA device"
+        raise StageError(f"params.yaml finetune.processes: {n} processes, but this machine has {where}")
+    if model.get("quantization") and not cuda:
+        raise StageError("params.yaml model.quantization: 4bit (QLoRA) needs a CUDA device; none is here")
+    if model.get("quantization") and not cfg.lora:
+        raise StageError("params.yaml model.quantization: 4-bit weights cannot be trained; set finetune.lora (QLoRA)")
+    if cfg.args.get("bf16") and not cuda and not cpu_has_bf16():
+        raise StageError("params.yaml finetune.train.bf16: this CPU has no bf16 arithmetic (no avx512_bf16/amx)")
+    if cfg.args.get("fp16") and not cuda:
+        raise StageError("params.yaml finetune.train.fp16: fp16 training needs a CUDA device")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (Linux flags); elsewhere assume not."""
     try:
-        get_loss(loss)(torch.full((1,), 0.5), float(P))
-    except ValueError as e:
-        raise StageError(f"params.yaml finetune.train.infosft_p: {e}") from None
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> AbstractContextManager:
@@ -124,50 +140,123 @@ def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> Abst
         name,
         key,
         tags={"infosift.variant": name, "infosift.manifest_hash": manifest_hash},
-        params={f"train.{k}": v for k, v in cfg.__dict__.items()},
+        params={f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
     )
 
 
+def rank() -> int:
+    """This process's rank under torchrun or Ray Train (0 when alone): only rank 0 writes and logs."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def launch_processes(n: int, argv: list[str]) -> None:
+    """Run this stage again as ``n`` processes under torchrun (DDP/FSDP through accelerate; gloo on CPU). The
+    launcher only waits: rank 0 writes the outputs; a worker's failure is this stage's failure."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "stages.finetune", *argv]  # fmt: skip
+    code = subprocess.call(cmd)
+    if code:
+        raise StageError(f"finetune: {n} training processes failed (exit {code}); see the lines above")
+
+
 def main(argv: list[str]) -> None:
+    import os
+
     if len(argv) != 4:
         raise StageError("usage: python -m stages.finetune VARIANT BUDGET SEED LOSS")
     variant, budget, seed, loss = argv[0], whole_number(argv[1], "budget"), whole_number(argv[2], "seed"), argv[3]
     if loss not in LOSSES:
         raise StageError(f"unknown loss_type {loss!r}; use one of {', '.join(LOSSES)}")
-    p = checked_train_params(params("finetune"))
-    check_loss_p(loss, p.get("infosft_p", TrainConfig.infosft_p))
-    p["seed"] = seed
+    ft = checked_finetune_params(params("finetune"))
+    cfg = train_config(ft, loss, seed)
+    mp = model_params() if "model" in params() else {}
+    n_proc = int(ft.get("processes", 1))
+    check_processes(n_proc, cfg, mp)
     manifest_path = Path("results/select") / variant_name(variant, budget) / f"seed-{seed}" / "manifest.json"
     if not manifest_path.exists():
         raise StageError(f"{manifest_path} missing; run select@{variant_name(variant, budget)} with {seed} in seeds")
     manifest = read_manifest(manifest_path)
     records = chosen_records(manifest, read_examples("data/download/pool.jsonl"))
+    if n_proc > 1 and "WORLD_SIZE" not in os.environ:
+        launch_processes(n_proc, argv)
+        return
 
     base_dir, trust = base_model_dir()
-    device = p.pop("device", None)
-    cfg = TrainConfig(loss_type=loss, **p)
     name = variant_name(variant, budget, seed, loss)
     provenance = {
         "base_model": str(base_dir),
-        "base_fingerprint": model_fingerprint(base_dir),
+        "base_fingerprint": model_fingerprint(base_dir, mp["cache_dir"]),
         "manifest_hash": manifest["hash"],
-        "train_config": cfg.__dict__,
-        "train_config_hash": content_hash(cfg.__dict__),
+        "train_config": dataclasses.asdict(cfg),
+        "train_config_hash": content_hash(dataclasses.asdict(cfg)),
         "n_train": len(records),
     }
-    # the key of what is trained: compare recomputes it from models/<name>/infosift.json to find the live run
-    with live_loss(name, content_hash(provenance), manifest["hash"], cfg) as on_step:
-        model, tokenizer = load_model_and_tokenizer(base_dir, device=device, trust_remote_code=trust)
-        with atomic_output(Path("models") / name) as tmp:
-            history = finetune(model, tokenizer, records, tmp, cfg, device=str(model.device), on_step=on_step)
-            (tmp / "infosift.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    key = content_hash(provenance)  # compare recomputes it from models/<name>/infosift.json to find the live run
+    checkpoints = CHECKPOINTS / f"{name}-{key[:12]}"  # a changed config never resumes another's run
+    engine = ft.get("engine", "local")
+    main_rank = rank() == 0
+    live = live_loss(name, key, manifest["hash"], cfg) if main_rank else nullcontext(None)
+    with live as on_step:
+        with atomic_output(Path("models") / name) if main_rank else scratch_dir() as tmp:
+            if engine == "ray":
+                from infosift.scale.train import ray_finetune
+
+                result = ray_finetune(
+                    ft.get("ray") or {}, base_dir, records, tmp, cfg, model_options(mp, trust), checkpoints, on_step
+                )
+            else:
+                model, tokenizer = load_model_and_tokenizer(base_dir, **model_options(mp, trust))
+                result = finetune(model, tokenizer, records, tmp, cfg, checkpoint_dir=checkpoints, on_step=on_step)
+            if main_rank:
+                provenance.update(
+                    n_examples=result.n_examples, n_truncated=result.n_truncated, n_empty=result.n_empty,
+                    resumed_from=result.resumed_from, engine=engine, processes=n_proc,
+                )  # fmt: skip
+                (tmp / "infosift.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    if not main_rank:
+        return
+    history = result.history
     with atomic_output(Path("results/finetune") / name) as tmp:
         tmp.mkdir()
         with (tmp / "train_loss.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "lr"])
             writer.writeheader()
             writer.writerows(history)
-    print(f"finetune: {name} on {len(records)} examples, {len(history)} steps, final loss {history[-1]['loss']:.4f}")
+    note = f", {result.n_truncated} cut at max_length" if result.n_truncated else ""
+    note += f", {result.n_empty} left out (no assistant token within max_length)" if result.n_empty else ""
+    final = f"final loss {history[-1]['loss']:.4f}" if history else "no steps logged"
+    print(f"finetune: {name} on {result.n_examples} examples{note}, {len(history)} steps, {final}")
+
+
+def model_options(mp: dict, trust: bool) -> dict:
+    """load_model_and_tokenizer's keyword arguments from params.yaml model; each rank loads onto its own GPU (not
+    all onto cuda:0 before the trainer moves them)."""
+    import os
+
+    import torch
+
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    return {
+        "device": device,
+        "dtype": mp.get("torch_dtype", "auto"),
+        "attn_implementation": mp.get("attn_implementation"),
+        "quantization": mp.get("quantization"),
+        "trust_remote_code": trust,
+    }
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """Where a non-zero rank 'saves': Trainer writes only on rank 0, so this stays empty and is removed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="infosift-rank-") as d:
+        yield Path(d) / "model"
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infosift.models import ModelResolutionError, resolve_base_model
+from infosift.models import ATTN_IMPLEMENTATIONS, DTYPES, QUANTIZATIONS, ModelResolutionError, resolve_base_model
 from stages._common import StageError, check_keys, check_param, params
 
-KEYS = {"base_model", "cache_dir", "trust_remote_code"}
+KEYS = {"base_model", "cache_dir", "trust_remote_code", "torch_dtype", "attn_implementation", "quantization",
+        "chat_template"}  # fmt: skip
 
 
 def model_params() -> dict:
@@ -19,7 +20,16 @@ def model_params() -> dict:
         raise StageError("params.yaml model.base_model: empty; give a bundled: name, a local HF dir or a hub id")
     check_param(p.get("cache_dir", ".cache/models"), "model.cache_dir", str)
     check_param(p.get("trust_remote_code", False), "model.trust_remote_code", bool)
-    return {"cache_dir": ".cache/models", "trust_remote_code": False, **p}
+    check_param(p.get("torch_dtype", "auto"), "model.torch_dtype", str, choices=DTYPES)
+    check_param(p.get("attn_implementation"), "model.attn_implementation", str, allow_none=True,
+                choices=ATTN_IMPLEMENTATIONS)  # fmt: skip
+    check_param(p.get("quantization"), "model.quantization", str, allow_none=True, choices=QUANTIZATIONS)
+    template = check_param(p.get("chat_template"), "model.chat_template", str, allow_none=True)
+    if template is not None and not Path(template).is_file():
+        raise StageError(f"params.yaml model.chat_template: {template} is not a file (a Jinja chat template)")
+    defaults = {"cache_dir": ".cache/models", "trust_remote_code": False, "torch_dtype": "auto",
+                "attn_implementation": None, "quantization": None, "chat_template": None}  # fmt: skip
+    return {**defaults, **p}
 
 
 def trust_remote_code() -> bool:

@@ -71,7 +71,7 @@ def nudged_model_dirs(tmp_path, gsm_records):
     from transformers import AutoModelForCausalLM
 
     from infosift.chat import collate
-    from infosift.train import TrainConfig, step_loss
+    from infosift.losses import weighted_token_loss
 
     base = save_tiny_model(tmp_path / "base")
     tok = build_tokenizer()
@@ -81,7 +81,8 @@ def nudged_model_dirs(tmp_path, gsm_records):
             p.copy_(p.bfloat16().float())
     model.save_pretrained(base)  # the base, now bf16-representable (still saved as fp32)
     batch = collate([encode_pair(tok, r["prompt"], r["response"]) for r in gsm_records[:4]], tok.pad_token_id)
-    step_loss(model, batch, TrainConfig()).backward()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    weighted_token_loss(logits[:, :-1], batch["input_ids"][:, 1:], batch["response_mask"][:, 1:]).backward()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1 - 1e-4 * torch.sign(p.grad) * torch.sign(p))
