@@ -199,6 +199,7 @@ def variant_run(
             "infosift.manifest_hash": manifest["hash"],
             "infosift.features_sha256": manifest["inputs"].get("features", ""),
             **({TRAIN_KEY_TAG: key} if key else {}),
+            **base_tags(model_dir),
             **lineage,
         },
         artifacts=artifacts,
@@ -206,6 +207,17 @@ def variant_run(
         datasets=[*datasets, selection],
         model_dir=str(model_dir) if log_models else None,
     )
+
+
+def base_tags(model_dir: Path) -> dict[str, str]:
+    """Lineage of the base a model was trained from (its fingerprint and dir, from infosift.json); a LoRA adapter's
+    own content hash is the dvc.md5 of models/<name>, so both hashes are on the run."""
+    try:
+        prov = json.loads((Path(model_dir) / "infosift.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    tags = {"infosift.base_fingerprint": prov.get("base_fingerprint"), "infosift.base_model": prov.get("base_model")}
+    return {k: str(v) for k, v in tags.items() if v}
 
 
 @dataclass(frozen=True)
@@ -369,7 +381,8 @@ def _log_transformers(v: VariantRun, trust_remote_code: bool) -> str:
     project does not need."""
     import mlflow
     from huggingface_hub import ModelCard
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from infosift.models import load_model_and_tokenizer
 
     provenance_path = Path(v.model_dir) / "infosift.json"
     provenance = json.loads(provenance_path.read_text()) if provenance_path.exists() else {}
@@ -379,10 +392,9 @@ def _log_transformers(v: VariantRun, trust_remote_code: bool) -> str:
         f"`{v.tags.get('infosift.manifest_hash', '?')}` ({provenance.get('n_train', '?')} examples, "
         f"loss {v.params.get('loss_type', '?')}).\n"
     )
-    components = {
-        "model": AutoModelForCausalLM.from_pretrained(v.model_dir, trust_remote_code=trust_remote_code),
-        "tokenizer": AutoTokenizer.from_pretrained(v.model_dir, trust_remote_code=trust_remote_code),
-    }
+    # a LoRA adapter dir is loaded on its base and merged: the registered model is one that serves on its own
+    model, tokenizer = load_model_and_tokenizer(v.model_dir, device="cpu", trust_remote_code=trust_remote_code)
+    components = {"model": model, "tokenizer": tokenizer}
     info = mlflow.transformers.log_model(
         components,
         name="model",

@@ -109,8 +109,8 @@ class TrainConfig:
         from transformers import TrainingArguments
 
         args = {**DEFAULT_ARGS, **self.args}
-        if use_cpu is not None and "use_cpu" not in self.args:
-            args["use_cpu"] = use_cpu
+        if "use_cpu" not in self.args:  # the CPU where no GPU is, as transformers would not assume for bf16
+            args["use_cpu"] = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
         args.setdefault("disable_tqdm", not progress)
         owned = {"output_dir": str(output_dir), "seed": self.seed, "data_seed": self.seed, "logging_steps": 1,
                  "logging_strategy": "steps", "remove_unused_columns": False}

@@ -17,9 +17,9 @@ from infosift.data import MTBenchFiles, mt_bench_files, read_examples, read_mt_b
 from infosift.errors import DataError, ModelResolutionError
 from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judged
 from infosift.evaluate.gsm8k import write_task_file
-from infosift.models import check_model_dir
+from infosift.models import ADAPTER_CONFIG, adapter_base, check_model_dir, model_fingerprint
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
-from stages.model import base_model_dir, trust_remote_code
+from stages.model import base_model_dir, model_params, trust_remote_code
 
 MT_BENCH_KEYS = {"limit", "judge", "judge_model", "judge_base_url", "judge_api_key_env", "max_new_tokens", "batch_size"}
 GSM8K_KEYS = {"limit", "max_gen_toks", "batch_size"}
@@ -44,9 +44,11 @@ def main(argv: list[str]) -> None:
     check_mt_bench(mt)
     trust = trust_remote_code()
     model_dir = base_model_dir()[0] if name == "base" else Path("models") / name
-    if not (Path(model_dir) / "config.json").exists():
+    if not any((Path(model_dir) / f).exists() for f in ("config.json", ADAPTER_CONFIG)):
         raise StageError(f"no model at {model_dir}; run its finetune stage first")
     check_model_dir(model_dir, trust)  # a dir with config.json but no weights, or a broken config
+    if adapter_base(model_dir) is not None:
+        check_adapter_base(Path(model_dir))
     test = read_examples("data/download/test.jsonl")
     if mt.get("limit", 0):  # the judged suite's files and judge model, before any model runs
         read_mt_bench(mt_bench_files_of_params(), templates=True)
@@ -89,6 +91,21 @@ def main(argv: list[str]) -> None:
             metrics.update(judged(str(model_dir), mt, tmp / "mt_bench", p.get("device"), trust))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print("evaluate: " + json.dumps(metrics))
+
+
+def check_adapter_base(model_dir: Path) -> None:
+    """A LoRA adapter is evaluated on the base it was trained on: its infosift.json records that base's fingerprint,
+    which must be model.base_model's now (else the numbers would belong to neither model)."""
+    base_dir = base_model_dir()[0]
+    try:
+        trained_on = json.loads((model_dir / "infosift.json").read_text())["base_fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StageError(f"{model_dir}/infosift.json: no base_fingerprint; rerun its finetune stage") from None
+    if trained_on != model_fingerprint(base_dir, model_params()["cache_dir"]):
+        raise StageError(
+            f"{model_dir} is a LoRA adapter trained on another base than model.base_model ({base_dir}); "
+            "rerun its finetune stage or set model.base_model to the base it was trained on"
+        )
 
 
 def write_per_example(path: Path, rows: list[dict]) -> None:

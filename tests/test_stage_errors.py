@@ -770,6 +770,29 @@ def test_finetune_checks_its_params_before_anything(monkeypatch, tmp_path, capsy
     assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(
+    ("model", "finetune", "message"),
+    [
+        ({"quantization": "4bit"}, {"lora": {"r": 4}}, "model.quantization: 4bit (QLoRA) needs a CUDA device"),
+        ({"quantization": "8bit"}, {}, "model.quantization: must be one of 4bit"),
+        ({"torch_dtype": "fp8"}, {}, "model.torch_dtype: must be one of auto, bfloat16, float16, float32"),
+        ({"attn_implementation": "fast"}, {}, "model.attn_implementation: must be one of eager"),
+        ({"chat_template": "missing.jinja"}, {}, "model.chat_template: missing.jinja is not a file"),
+        ({}, {"train": {"bf16": True}}, "finetune.train.bf16: this CPU has no bf16 arithmetic"),
+    ],
+)
+def test_finetune_refuses_what_this_machine_cannot_run(monkeypatch, tmp_path, capsys, model, finetune, message):
+    import stages.finetune
+    from stages.finetune import main
+
+    monkeypatch.setattr(stages.finetune, "cpu_has_bf16", lambda: False)  # as on a CPU without avx512_bf16/amx
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    in_workspace(monkeypatch, tmp_path, {"model": {"base_model": "bundled:x", **model}, "finetune": finetune})
+    line = one_error_line(monkeypatch, capsys, main, ["random", "5", "0", "nll"])
+    assert message in line, line
+    assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()
+
+
 def hashed(body: dict) -> str:
     from infosift.manifest import content_hash
 

@@ -18,6 +18,7 @@ import yaml
 from infosift.atomic import atomic_write_text
 from infosift.data import write_jsonl
 from infosift.device import pick_device
+from infosift.models import adapter_base
 
 TASK_NAME = "infosift_gsm8k_local"
 
@@ -192,15 +193,19 @@ def gsm8k_lm_eval(
         raise ValueError("num_fewshot > 0 needs train_path (few-shot examples must not come from the test split)")
     config = task_config(test_path, train_path or test_path, max_gen_toks, num_fewshot)
     device = pick_device(device)
+    base = adapter_base(model_dir)  # a LoRA adapter dir: lm-eval loads its base and puts the adapter on top
+    model_args = {
+        "pretrained": str(base or model_dir),
+        "dtype": "float32" if device == "cpu" else "auto",
+        "trust_remote_code": trust_remote_code,
+    }
+    if base is not None:
+        model_args.update(peft=str(model_dir), tokenizer=str(model_dir))
     results = run_gsm8k_task(
         "hf",
         config,
         limit,
-        model_args={
-            "pretrained": str(model_dir),
-            "dtype": "float32" if device == "cpu" else "auto",
-            "trust_remote_code": trust_remote_code,
-        },
+        model_args=model_args,
         batch_size=batch_size,
         device=device,
         apply_chat_template=apply_chat_template,
