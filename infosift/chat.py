@@ -1,13 +1,31 @@
-"""Chat-template encoding of one (prompt, response) pair with a mask of the response tokens.
+"""Chat-template encoding of one conversation with a mask of its assistant tokens.
 
-Every step that feeds a model (embed, finetune, held-out NLL, self-scores) encodes examples here,
+Every step that feeds a model (embed, finetune, held-out NLL, self-scores, sketches) encodes records here,
 so the tokens the selector saw are exactly the tokens the model is trained and scored on.
+
+Which tokens are the assistant's: the whole conversation is rendered once; assistant turn k starts where the
+conversation up to it, rendered with the generation header, stops matching the whole (the longest common
+token prefix), and ends where the conversation through turn k, rendered alone, stops matching it (for the
+last turn: at the end). So each span holds the turn's content and what the template closes it with (its
+end-of-turn token). Where a template renders a prefix differently from the whole (one that moves the system
+prompt into the last user turn), the span is held to its own turn by the tokens' character offsets
+(``_SpanGuard``): never a token of another turn's content. A prompt/response pair is always the plain rule.
+
+Truncation, the one rule: keep the first ``max_length`` tokens. Later turns are cut; an assistant turn that
+straddles the cut keeps its tokens up to it; a conversation cut before its first assistant token has no token
+to learn or score and is reported (``truncation_report``), never dropped without a count.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from infosift.data import record_messages
+from infosift.errors import DataError, ModelResolutionError
 
 if TYPE_CHECKING:
     import torch
@@ -15,10 +33,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class Encoded:
-    """input_ids of the full conversation; response_mask[t] is True where token t is a response token."""
+    """input_ids of the conversation; response_mask[t] is True where token t belongs to an assistant turn.
+
+    ``truncated``: the conversation had more than max_length tokens and its tail was cut.
+    """
 
     input_ids: list[int]
     response_mask: list[bool]
+    truncated: bool = False
 
     @property
     def n_response(self) -> int:
@@ -50,9 +72,25 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render_text(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _tokens(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    return _tokens(tokenizer, _render_text(tokenizer, messages, add_generation_prompt))
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -60,34 +98,172 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return _render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
-def encode_pair(tokenizer, prompt: str, response: str, max_length: int | None = None) -> Encoded:
-    """Encode user prompt + assistant response; the response span is what follows the prompt prefix.
+def encode_messages(tokenizer, messages: list[dict], max_length: int | None = None, where: str = "") -> Encoded:
+    """Encode a checked conversation (infosift.data.check_turns) under the chat template; see the module docstring.
 
-    The prompt part is rendered with the generation header, so it is a prefix of the full
-    conversation for ordinary templates; where a template breaks that, the longest common
-    prefix is taken as the prompt. Truncation keeps the prompt and cuts the response's tail.
+    ``where`` names the conversation in errors. A template that fails on it, drops a turn's content or renders
+    an assistant turn as no token is a DataError: its mask would be wrong without a sign.
     """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("tokenizer has no chat template; infosift encodes examples as chat turns")
-    head = prompt_ids(tokenizer, prompt)
-    full = _render(
-        tokenizer,
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-        add_generation_prompt=False,
-    )
-    n_prompt = 0
-    for a, b in zip(head, full, strict=False):
-        if a != b:
-            break
-        n_prompt += 1
-    if max_length is not None and len(full) > max_length:
-        full = full[:max_length]
-    mask = [t >= n_prompt for t in range(len(full))]
-    return Encoded(full, mask)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelResolutionError("the tokenizer has no chat template; give the model one (a Jinja file)")
+    where = where or "conversation"
+
+    def render(turns: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return _render_text(tokenizer, turns, add_generation_prompt)
+        except Exception as e:  # Jinja raises many types (syntax, undefined, raise_exception): all mean the same
+            raise DataError(f"{where}: the chat template cannot render it ({type(e).__name__}: {_line(e)})") from None
+
+    text = render(messages, False)
+    spans, at = [], 0  # each turn's content, as a character span of the whole rendering, in order
+    for n, m in enumerate(messages, start=1):
+        system = m["role"] == "system"  # some templates put it elsewhere (into the last user turn): anywhere will do
+        found = text.find(m["content"], 0 if system else at)
+        if found < 0:
+            raise DataError(f"{where}: the chat template drops the content of turn {n} ({m['role']})")
+        spans.append((found, found + len(m["content"])))
+        at = at if system else spans[-1][1]
+    pair = [m["role"] for m in messages] == ["user", "assistant"]
+    guard = None
+    if pair or not getattr(tokenizer, "is_fast", False):
+        full = _tokens(tokenizer, text)
+    else:  # character offsets let each span be checked against the turns around it
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        full, guard = list(enc["input_ids"]), _SpanGuard(text, spans, enc["offset_mapping"])
+    mask = [False] * len(full)
+    last, done = len(messages) - 1, 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = _common_prefix(_tokens(tokenizer, render(messages[:i], True)), full)
+        through = "" if i == last else render(messages[: i + 1], False)
+        end = len(full) if i == last else _common_prefix(_tokens(tokenizer, through), full)
+        if guard is not None:
+            start, end = guard.span(i, start, end, through)
+        start = max(start, done)
+        if end <= start:
+            raise DataError(f"{where}: the chat template renders assistant turn {i + 1} as no token of the whole")
+        mask[start:end] = [True] * (end - start)
+        done = end
+    truncated = max_length is not None and len(full) > max_length
+    if truncated:
+        full, mask = full[:max_length], mask[:max_length]
+    return Encoded(full, mask, truncated)
+
+
+class _SpanGuard:
+    """Keeps an assistant span found by prefix renderings inside its own turn, by the character offsets of tokens.
+
+    A template that renders a prefix of the conversation differently from the whole (one that moves the system
+    prompt into the last user turn, say) makes the common prefix stop in an earlier turn. Then the span falls
+    back to the turn's own text: from its content's first token, through the text that closes the turn when it
+    is rendered last (its end-of-turn token), never into the next turn's content.
+    """
+
+    def __init__(self, text: str, spans: list[tuple[int, int]], offsets) -> None:
+        self.text, self.spans = text, spans
+        self.starts = [int(a) for a, _ in offsets]
+        self.ends = [int(b) for _, b in offsets]
+
+    def after(self, c: int) -> int:
+        """The first token that ends after character c (the token holding c, or the next one)."""
+        return bisect.bisect_right(self.ends, c)
+
+    def from_(self, c: int) -> int:
+        """The first token that starts at or after character c."""
+        return bisect.bisect_left(self.starts, c)
+
+    def span(self, i: int, start: int, end: int, through: str) -> tuple[int, int]:
+        """(start, end) of assistant turn i, the prefix-found one where it lies in the turn, else the fallback.
+
+        ``through``: the conversation through turn i rendered alone ("" when turn i is the last).
+        """
+        cs, ce = self.spans[i]
+        first = self.after(cs)
+        if not self.after(self.spans[i - 1][1]) <= start <= first:
+            start = first
+        if not through:  # the last turn runs to the end, as a prompt/response pair's does
+            return start, end
+        covered, limit = self.from_(ce), self.after(self.spans[i + 1][0])
+        if not covered <= end <= limit:
+            at = through.rfind(self.text[cs:ce])
+            closing = through[at + ce - cs :] if at >= 0 else ""
+            n = 0
+            while n < len(closing) and ce + n < len(self.text) and closing[n] == self.text[ce + n]:
+                n += 1
+            end = min(max(self.from_(ce + n), covered), limit)
+        return start, end
 
 
 def encode_record(tokenizer, rec: dict, max_length: int | None = None) -> Encoded:
-    """Placeholder until whole conversations land: a record's (prompt, response) pair."""
-    enc = encode_pair(tokenizer, rec["prompt"], rec["response"], max_length)
-    enc.truncated = max_length is not None and len(enc.input_ids) >= max_length
-    return enc
+    """The whole conversation of a record (infosift.data.record_messages), its assistant turns masked.
+
+    A prompt/response record gives exactly the tokens and mask it always had: [user, assistant] rendered, the
+    response span being everything after the prompt rendered with the generation header.
+    """
+    return encode_messages(tokenizer, record_messages(rec), max_length, f"record {rec.get('id', '?')}")
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_length: int | None = None) -> Encoded:
+    """Encode user prompt + assistant response (a two-turn encode_record)."""
+    return encode_record(tokenizer, {"prompt": prompt, "response": response}, max_length)
+
+
+def truncation_report(encoded: Sequence[Encoded], ids: Sequence[str]) -> dict:
+    """How many examples max_length cut, and which ones it left without an assistant token.
+
+    {"examples", "truncated" (tail cut), "emptied" (cut before the first assistant token: nothing to learn or
+    score), "emptied_ids"}: what a manifest or a log records, so that no example is lost without a count.
+    """
+    emptied = [str(i) for e, i in zip(encoded, ids, strict=True) if e.n_response == 0]
+    return {
+        "examples": len(encoded),
+        "truncated": sum(e.truncated for e in encoded),
+        "emptied": len(emptied),
+        "emptied_ids": emptied,
+    }
+
+
+# a conversation every chat template must render with each turn's content kept
+PROBE = [
+    {"role": "user", "content": "first question"},
+    {"role": "assistant", "content": "first answer"},
+    {"role": "user", "content": "second question"},
+    {"role": "assistant", "content": "second answer"},
+]
+
+
+def ensure_chat_template(tokenizer, template_path: str | Path | None = None) -> None:
+    """Give ``tokenizer`` the Jinja chat template in ``template_path`` (for a model that has none), and check it.
+
+    Without a file the tokenizer's own template is checked. No template at all, an unreadable file, or a template
+    that fails on a two-exchange conversation or loses a turn's content is one ModelResolutionError. (System
+    prompts are checked per record at encoding: some templates refuse them, and data without them never asks.)
+    """
+    if template_path is not None:
+        path = Path(template_path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            raise ModelResolutionError(f"{path}: chat template file not found") from None
+        except UnicodeDecodeError as e:
+            raise ModelResolutionError(f"{path}: chat template is not UTF-8 (byte {e.start})") from None
+        if not text.strip():
+            raise ModelResolutionError(f"{path}: chat template file is empty")
+        tokenizer.chat_template = text
+        where = f"chat template {path}"
+    elif not getattr(tokenizer, "chat_template", None):
+        raise ModelResolutionError(
+            "the model has no chat template and none was given; name a Jinja file (model.chat_template)"
+        )
+    else:
+        where = "the model's chat template"
+    try:
+        encode_messages(tokenizer, PROBE, where="a two-exchange conversation")
+    except DataError as e:
+        raise ModelResolutionError(f"{where}: {e}") from None
+
+
+def _line(e: BaseException) -> str:
+    """An exception's message on one line, kept short."""
+    return " ".join(str(e).split())[:200]

@@ -11,10 +11,11 @@ Modes, the bad share split evenly over them (remainder to the first modes in ord
 - ``truncate``: the first third of the response's words (at least one word), or of its characters when it
   has one word; always strictly shorter. Responses of one character cannot be truncated and are never drawn.
 
-An altered record gets a new content id (``infosift.data.record_id`` of its new prompt and response) and
-keeps its other fields and its place in the list. A draw whose new ids would collide with an existing id
-(a swap between two records of the same prompt, a truncation equal to another record) is redrawn from the
-same seeded Generator, so the result stays reproducible and every id stays unique.
+Only the response (a conversation's last assistant turn) is altered. An altered record gets the content id
+of its new conversation (``infosift.data.replace_response``) and keeps its other fields and its place in the
+list. A draw whose new ids would collide with an existing id (a swap between two records of the same prompt, a
+truncation equal to another record) is redrawn from the same seeded Generator, so the result stays
+reproducible and every id stays unique.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import re
 
 import numpy as np
 
-from infosift.data import record_id
+from infosift.data import replace_response
 
 MODES = ("swap", "truncate")
 MAX_DRAWS = 100
@@ -98,13 +99,14 @@ def contaminate(
         altered = _draw(records, counts, rng)
         if not altered:
             continue
-        new_ids = {i: record_id(records[i]["prompt"], resp) for i, (resp, _) in altered.items()}
+        new = {i: replace_response(records[i], resp) for i, (resp, _) in altered.items()}
+        new_ids = {i: rec["id"] for i, rec in new.items()}
         kept = {old_ids[i] for i in range(len(records)) if i not in altered}
         taken = set(new_ids.values())
         if len(taken) == len(new_ids) and not taken & kept and not taken & {old_ids[i] for i in altered}:
             break
     else:
         raise ValueError(f"no contamination of {n_bad} records with unique new ids in {MAX_DRAWS} draws")
-    out = [{**r, "id": new_ids[i], "response": altered[i][0]} if i in altered else r for i, r in enumerate(records)]
+    out = [new[i] if i in altered else r for i, r in enumerate(records)]
     report |= {"n": len(altered), "ids": {new_ids[i]: altered[i][1] for i in sorted(altered)}}
     return out, report

@@ -1,4 +1,11 @@
-"""Load, validate and normalize SFT datasets into records {id, prompt, response, source}.
+"""Load, validate and normalize SFT datasets into records: whole conversations with stable ids.
+
+A record is {id, prompt, response, source} for a plain user -> assistant pair, and
+{id, messages, prompt, response, source} for any other conversation (a system prompt, several turns):
+``messages`` = [{role, content}] with roles system (first only), user, assistant; prompt and response are its
+last user and assistant turns. Read from OpenAI ``messages``, ShareGPT ``conversations`` (+ ``system``),
+LLaMA-Factory alpaca rows (``system``, ``history``) and the prompt/response layouts of FIELD_PAIRS.
+``record_messages`` gives the conversation of any record.
 
 A record's id is a hash of its normalized content, so the same example gets the same id in every
 manifest, on every machine, whatever file or order it came from (NeMo Curator users lose their
@@ -152,26 +159,65 @@ def record_id(prompt: str, response: str) -> str:
     return digest[:16]
 
 
-def _chat_pair(turns: object, where: str) -> tuple[object, object]:
-    """The first user turn and the assistant turn after it, from a chat list (OpenAI or ShareGPT keys)."""
+def conversation_id(messages: list[dict]) -> str:
+    """Stable id of a normalized conversation (16 hex digits).
+
+    A plain user -> assistant pair keeps ``record_id`` of its two texts, so a prompt/response record has the id
+    it always had (manifests written before conversations existed stay valid); any other conversation hashes
+    every turn, role and content, in order.
+    """
+    if [m["role"] for m in messages] == ["user", "assistant"]:
+        return record_id(messages[0]["content"], messages[1]["content"])
+    text = "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# role names of the chat layouts read here (OpenAI `role`, ShareGPT `from`) -> infosift's three roles
+ROLE_NAMES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+_A = {"user": "a user", "assistant": "an assistant"}
+ORDER_RULE = "roles must go [system,] user, assistant, user, assistant, ... and end with an assistant turn"
+
+
+class Turn(NamedTuple):
+    """One raw turn before checking: where it came from (for errors), its role and its raw content."""
+
+    label: str
+    role: str
+    content: object
+
+
+def _chat_turns(turns: object, field: str, where: str) -> list[Turn]:
+    """The turns of an OpenAI ``messages`` ({role, content}) or ShareGPT ``conversations`` ({from, value}) list."""
     if not isinstance(turns, list):
-        raise DataError(f"{where}: a chat field must be a list of turns")
-    roles = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
-    pairs = [(roles.get(str(t.get("role", t.get("from")))), t.get("content", t.get("value")))
-             for t in turns if isinstance(t, dict)]
-    for i, (role, text) in enumerate(pairs[:-1]):
-        if role == "user" and pairs[i + 1][0] == "assistant":
-            return text, pairs[i + 1][1]
-    raise DataError(f"{where}: the chat has no user turn followed by an assistant turn")
+        raise DataError(f"{where}: field {field!r}: a chat field must be a list of turns")
+    out = []
+    for n, t in enumerate(turns, start=1):
+        label = f"field {field!r} turn {n}"
+        if not isinstance(t, dict):
+            raise DataError(f"{where}: {label} must be an object with role and content, got {type(t).__name__}")
+        name = t.get("role", t.get("from"))
+        if not isinstance(name, str) or name not in ROLE_NAMES:
+            known = ", ".join(ROLE_NAMES)
+            raise DataError(f"{where}: {label} has role {name!r}; known roles: {known}")
+        out.append(Turn(label, ROLE_NAMES[name], t.get("content", t.get("value"))))
+    return out
+
+
+def _history_turns(history: object, where: str) -> list[Turn]:
+    """LLaMA-Factory's ``history`` column: [[user, assistant], ...], the turns before the row's own pair."""
+    if history is None:
+        return []
+    if not isinstance(history, list) or not all(isinstance(p, list | tuple) and len(p) == 2 for p in history):
+        raise DataError(f"{where}: field 'history' must be a list of [user, assistant] pairs")
+    return [
+        Turn(f"field 'history' pair {n} {role}", role, text)
+        for n, pair in enumerate(history, start=1)
+        for role, text in zip(("user", "assistant"), pair, strict=True)
+    ]
 
 
 def row_fields(row: dict, spec: DatasetSpec, where: str) -> tuple[tuple[str, object], tuple[str, object]]:
-    """((field, prompt), (field, response)) of a raw row: the spec's fields, else the first known layout it has."""
-    if not (spec.prompt_field or spec.response_field):
-        for chat in CHAT_FIELDS:
-            if chat in row:
-                prompt, response = _chat_pair(row[chat], f"{where}: field {chat!r}")
-                return (f"{chat}[user]", prompt), (f"{chat}[assistant]", response)
+    """((field, prompt), (field, response)) of a prompt/response row: the spec's fields, else the first known layout."""
     known = [p for p in FIELD_PAIRS if p[0] in row and p[1] in row] or [p for p in FIELD_PAIRS if p[0] in row]
     p_field, r_field = known[0] if known else FIELD_PAIRS[0]
     p_field, r_field = spec.prompt_field or p_field, spec.response_field or r_field
@@ -186,15 +232,109 @@ def row_fields(row: dict, spec: DatasetSpec, where: str) -> tuple[tuple[str, obj
     return (p_field, prompt), (r_field, row[r_field])
 
 
+def row_turns(row: dict, spec: DatasetSpec, where: str) -> list[Turn]:
+    """The raw turns of a row in any known layout, unchecked (see check_turns).
+
+    A ``system`` field (ShareGPT, LLaMA-Factory; blank means none) becomes the first turn; LLaMA-Factory's
+    ``history`` pairs come before the row's own instruction/output pair.
+    """
+    value = row.get("system")
+    blank = value is None or (isinstance(value, str) and not value.strip())
+    system = [] if blank else [Turn("field 'system'", "system", value)]
+    if not (spec.prompt_field or spec.response_field):
+        for chat in CHAT_FIELDS:
+            if chat in row:
+                turns = _chat_turns(row[chat], chat, where)
+                if system and turns and turns[0].role == "system":
+                    raise DataError(f"{where}: both a 'system' field and a system turn in field {chat!r}")
+                return system + turns
+    (p_field, prompt), (r_field, response) = row_fields(row, spec, where)
+    pair = [Turn(f"field {p_field!r}", "user", prompt), Turn(f"field {r_field!r}", "assistant", response)]
+    return system + _history_turns(row.get("history"), where) + pair
+
+
+def check_turns(turns: list[Turn], where: str) -> list[dict]:
+    """The normalized conversation [{role, content}] of raw turns, or one DataError naming the turn at fault.
+
+    Contents must be non-empty strings (normalize_text), except a blank system prompt, which is no system
+    prompt (LLaMA-Factory writes "" on rows without one). Order: an optional system turn first, then user and
+    assistant turns alternating, starting with a user turn and ending with an assistant turn.
+    """
+    messages, prev = [], None
+    for n, (label, role, content) in enumerate(turns):
+        if role == "system" and n == 0 and isinstance(content, str) and not content.strip():
+            continue
+        if not isinstance(content, str) or not content.strip():
+            raise DataError(f"{where}: {label} must be a non-empty string")
+        if role == "system" and n > 0:
+            raise DataError(f"{where}: {label} is a system turn after the first turn; {ORDER_RULE}")
+        expected = "assistant" if prev == "user" else "user"
+        if role != "system" and role != expected:
+            after = f"after {_A[prev]} turn" if prev in _A else "with no user turn before it"
+            raise DataError(f"{where}: {label} is {_A[role]} turn {after}; {ORDER_RULE}")
+        messages.append({"role": role, "content": normalize_text(content)})
+        prev = role
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: the conversation has no assistant turn")
+    if prev != "assistant":
+        raise DataError(f"{where}: {turns[-1].label} is a user turn at the end; {ORDER_RULE}")
+    return messages
+
+
+def make_record(messages: list[dict], source: str) -> dict:
+    """The record of a checked conversation (check_turns).
+
+    A plain user -> assistant pair is {id, prompt, response, source}, exactly as before conversations existed;
+    any other conversation is {id, messages, prompt, response, source}, where prompt and response are its last
+    user and last assistant turns (what code that reads one pair sees: GSM8K scoring, DSIR, contamination).
+    """
+    prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    response = messages[-1]["content"]
+    rid = conversation_id(messages)
+    if [m["role"] for m in messages] == ["user", "assistant"]:
+        return {"id": rid, "prompt": prompt, "response": response, "source": source}
+    return {"id": rid, "messages": messages, "prompt": prompt, "response": response, "source": source}
+
+
 def normalize_row(row: dict, spec: DatasetSpec, path: Path, lineno: int) -> dict:
-    """Map a raw row to {id, prompt, response, source}; a missing or non-string field is a DataError."""
-    out = {}
-    values = row_fields(row, spec, f"{path}:{lineno}")
-    for key, (field, value) in zip(("prompt", "response"), values, strict=True):
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(f"{path}:{lineno}: field {field!r} must be a non-empty string")
-        out[key] = normalize_text(value)
-    return {"id": record_id(out["prompt"], out["response"]), **out, "source": spec.name}
+    """Map a raw row to a record (make_record); a missing field, bad content or bad turn order is a DataError."""
+    where = f"{path}:{lineno}"
+    return make_record(check_turns(row_turns(row, spec, where), where), spec.name)
+
+
+def record_messages(rec: dict) -> list[dict]:
+    """The whole conversation of a record: its ``messages``, or [user, assistant] of a prompt/response record."""
+    if "messages" in rec:
+        return rec["messages"]
+    return [{"role": "user", "content": rec["prompt"]}, {"role": "assistant", "content": rec["response"]}]
+
+
+def replace_response(rec: dict, response: str) -> dict:
+    """A copy of ``rec`` whose last assistant turn is ``response``, with the id of its new content."""
+    messages = [*record_messages(rec)[:-1], {"role": "assistant", "content": response}]
+    out = {**rec, "id": conversation_id(messages), "response": response}
+    if "messages" in rec:
+        out["messages"] = messages
+    return out
+
+
+def check_record_turns(rec: dict, where: str) -> None:
+    """A stored record's ``messages`` (if any) are a valid conversation whose last turns are its prompt/response."""
+    if "messages" not in rec:
+        return
+    messages = rec["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DataError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
+    turns = [Turn(f"field 'messages' turn {n}", m.get("role"), m.get("content")) for n, m in enumerate(messages, 1)]
+    for t in turns:
+        if t.role not in ("system", "user", "assistant"):
+            raise DataError(f"{where}: {t.label} has role {t.role!r}; known roles: system, user, assistant")
+    if check_turns(turns, where) != messages:
+        raise DataError(f"{where}: field 'messages' is not normalized (blank system turn or untrimmed text)")
+    if messages[-1]["content"] != rec["response"]:
+        raise DataError(f"{where}: field 'response' is not the last assistant turn of 'messages'")
+    if next(m["content"] for m in reversed(messages) if m["role"] == "user") != rec["prompt"]:
+        raise DataError(f"{where}: field 'prompt' is not the last user turn of 'messages'")
 
 
 def load_file(path: str | Path, spec: DatasetSpec) -> tuple[list[dict], int]:
@@ -274,7 +414,7 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def read_examples(path: str | Path, allow_empty: bool = False) -> list[dict]:
-    """Normalized records {id, prompt, response, ...} (as download writes them), each checked.
+    """Normalized records {id, [messages,] prompt, response, ...} (as download writes them), each checked.
 
     Every stage that feeds records to a model reads them here, so a hand-edited or foreign file (raw
     question/answer rows, a missing id, a number as response) fails before the model loads, naming the
@@ -295,6 +435,7 @@ def read_examples(path: str | Path, allow_empty: bool = False) -> list[dict]:
                 )
             if not isinstance(row[key], str) or not row[key].strip():
                 raise DataError(f"{path}:{lineno}: field {key!r} must be a non-empty string, got {row[key]!r}")
+        check_record_turns(row, f"{path}:{lineno}")
         if row["id"] in seen:
             raise DataError(f"{path}:{lineno}: id {row['id']!r} repeats line {seen[row['id']]}")
         seen[row["id"]] = lineno

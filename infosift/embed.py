@@ -1,9 +1,10 @@
 """Pre-logit token embeddings of a record pool, in shards that survive a killed run.
 
 Feature of position t = the model's last hidden state at t after the final norm (the vector the LM head
-turns into next-token logits), taken under the chat template of infosift.chat.encode_pair. Next-token
-convention: a position is kept when its NEXT token belongs to the chosen part, so the rows of sentence i
-are exactly the pre-logit vectors x_ij that predict its tokens y_ij (FisherSFT's design points).
+turns into next-token logits), taken under the chat template of infosift.chat.encode_record (the whole
+conversation). Next-token convention: a position is kept when its NEXT token belongs to the chosen part
+(``response``: every assistant turn), so the rows of sentence i are exactly the pre-logit vectors x_ij that
+predict its tokens y_ij (FisherSFT's design points).
 
 Records are processed in fixed shards of ``shard_size`` in input order. Each finished shard is written
 atomically to ``<out_dir>.partial/shard-NNNNN/`` with a key (ids, token hash, model fingerprint,
@@ -11,8 +12,8 @@ settings); a rerun reuses shards whose key matches and redoes the others. Within
 sorted by length and packed into right-padded batches of at most ``batch_tokens`` padded tokens; the
 batching depends only on the shard's contents, so a resumed run writes byte-identical output.
 
-Alongside the features, from the logits the head already computes: ``costs`` (prompt + response tokens
-of each example under the chat template: what a fine-tune pays for it) and, per feature row, ``p_next``
+Alongside the features, from the logits the head already computes: ``costs`` (every token of each
+conversation under the chat template, up to max_length: what a fine-tune pays for it) and, per feature row, ``p_next``
 (the model's probability of the actual next token) and ``p_sqnorm`` (sum_k p_k^2 of its next-token
 distribution), FisherSFT's information weights (select/fishersft.py).
 
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from infosift.atomic import atomic_output
-from infosift.chat import Encoded, collate, encode_pair
+from infosift.chat import Encoded, collate, encode_record
 from infosift.features import COSTS, IDS, OFFSETS, P_NEXT, P_SQNORM, VALUES, TokenFeatures
 from infosift.models import autocast, load_model_and_tokenizer, model_fingerprint
 
@@ -51,10 +52,10 @@ log = logging.getLogger(__name__)
 
 # -- which positions ---------------------------------------------------------------------------
 def feature_positions(enc: Encoded, part: str) -> np.ndarray:
-    """Positions t (0..T-2) whose next token t+1 is in ``part``: response, prompt or all.
+    """Positions t (0..T-2) whose next token t+1 is in ``part``: response (assistant turns), prompt (the rest) or all.
 
-    The first token of a sequence is never predicted, so part="prompt" yields n_prompt - 1 rows and
-    part="response" yields n_response rows (the first one is the last prompt position).
+    The first token of a sequence is never predicted, so part="prompt" yields (tokens not in an assistant turn) - 1
+    rows and part="response" yields n_response rows (the first of each turn is the position before it).
     """
     nxt_is_response = np.asarray(enc.response_mask[1:], dtype=bool)
     if part == "response":
@@ -269,7 +270,7 @@ class ShardEmbedder:
     def run(self, partial: Path, index: int, records: list[dict]) -> int:
         """Write shard ``index`` of ``records`` under ``partial`` unless a finished one with the same key is
         there. Returns the tokens it ran through the model (0 when the shard was reused)."""
-        encs = [encode_pair(self.tokenizer, r["prompt"], r["response"], self.max_length) for r in records]
+        encs = [encode_record(self.tokenizer, r, self.max_length) for r in records]
         key = _shard_key([str(r["id"]) for r in records], encs, self.settings)
         if _finished(partial / shard_name(index), key):
             return 0
@@ -306,12 +307,12 @@ def embed_records(
     project_dim: int | None = None,
     project_seed: int = 0,
 ) -> TokenFeatures:
-    """Embed ``records`` ({id, prompt, response, ...}) into ``out_dir`` and return it memory-mapped.
+    """Embed ``records`` (infosift.data records: whole conversations) into ``out_dir``; return it memory-mapped.
 
     out_dir holds values.npy ((total_tokens, d) in ``dtype``, or (total_tokens, project_dim)),
     offsets.npy, ids.json (record order), costs.npy ((N,) int64 chat-template tokens), p_next.npy and
     p_sqnorm.npy ((total_tokens,) float32), self_scores.npy ((N,) float32 mean log-prob of each record's
-    response tokens under the model, NaN when truncation left none) and meta.json. Position rules: see
+    assistant tokens under the model, NaN when truncation left none) and meta.json. Position rules: see
     ``feature_positions``; projection: see the module docstring.
     """
     from tqdm.auto import tqdm

@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from infosift.chat import collate, encode_pair
+from infosift.chat import collate, encode_record
 from infosift.errors import SketchError
 
 
@@ -124,8 +124,8 @@ def rank_sources(target_sig: np.ndarray, source_sigs: dict[str, np.ndarray]) -> 
 
 
 def _batch(tokenizer, records: list[dict], max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded input_ids, attention mask and 'position t predicts a response token' mask."""
-    enc = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in records]
+    """Right-padded input_ids, attention mask and 'position t predicts an assistant token' mask."""
+    enc = [encode_record(tokenizer, r, max_length) for r in records]
     batch = collate(enc, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     predicts = torch.zeros_like(batch["response_mask"])
     predicts[:, :-1] = batch["response_mask"][:, 1:]  # position t predicts token t+1

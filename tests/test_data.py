@@ -140,10 +140,10 @@ def test_explicit_fields_override_the_layout(tmp_path):
     "row, message",
     [
         ({"text": "just text"}, r"missing field 'prompt' \(has: text\) \(set download.fields"),
-        ({"messages": [{"role": "user", "content": "hi"}]}, "no user turn followed by an assistant turn"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "the conversation has no assistant turn"),
         ({"messages": "hi"}, "must be a list of turns"),
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
-         r"field 'messages\[assistant\]' must be a non-empty string"),
+         r"field 'messages' turn 2 must be a non-empty string"),
     ],
 )
 def test_unrecognised_layouts_are_one_clear_error(tmp_path, row, message):

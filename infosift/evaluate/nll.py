@@ -3,7 +3,8 @@
     nll = sum_{i, t in response_i} -log p(x_{i,t} | x_{i,<t}) / #response tokens
 
 Token t is predicted by the logits at position t-1 (next-token shift), and only response
-tokens count: the prompt is given, not learned. Pooling over tokens (not a mean of per-example
+tokens count (every assistant turn of the conversation, infosift.chat.encode_record): the prompt, system
+and user turns are given, not learned. Pooling over tokens (not a mean of per-example
 means) weights long answers by their length, exactly as the SFT loss does. Per-example sums are
 returned too, so that two models can be compared example by example (paired intervals).
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from infosift.chat import collate, encode_pair, pad_id_of
+from infosift.chat import collate, encode_record, pad_id_of, truncation_report
 from infosift.evaluate.hf import load_causal_lm
 
 
@@ -67,17 +68,19 @@ def heldout_nll(
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> dict:
-    """-log p of the response tokens of `records` ({id, prompt, response, source}), pooled and per example.
+    """-log p of the assistant tokens of `records` (whole conversations), pooled and per example.
 
-    Returns {nll_per_token, n_examples, n_tokens, per_example}; per_example[i] = {id, nll_sum, n_tokens}
-    belongs to records[i] (n_tokens is 0 where truncation left no response token).
+    Returns {nll_per_token, n_examples, n_tokens, n_truncated, n_emptied, per_example}; per_example[i] =
+    {id, nll_sum, n_tokens} belongs to records[i]. max_length keeps the head of each conversation
+    (infosift.chat): n_truncated examples lost their tail, n_emptied of them every assistant token (their
+    n_tokens is 0: not scored, but counted).
     """
     if not records:
         raise ValueError("heldout_nll needs at least one record")
     model, tokenizer = load_causal_lm(model_dir, device, dtype=torch.float32, trust_remote_code=trust_remote_code)
     device_type = model.device.type
     pad_id = pad_id_of(tokenizer)
-    encoded = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in records]
+    encoded = [encode_record(tokenizer, r, max_length) for r in records]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
     sums, counts = [0.0] * len(records), [0] * len(records)
     precision = fp32_matmuls() if device_type == "cuda" else nullcontext()
@@ -91,6 +94,7 @@ def heldout_nll(
             for i, si, ni in zip(rows, s.tolist(), n.tolist(), strict=True):
                 sums[i], counts[i] = si, int(ni)
     n_tokens = sum(counts)
+    cut = truncation_report(encoded, [r["id"] for r in records])
     if n_tokens == 0:
         raise ValueError("no response tokens to score (are responses empty or cut by max_length?)")
     per_example = [{"id": r["id"], "nll_sum": s, "n_tokens": n} for r, s, n in zip(records, sums, counts, strict=True)]
@@ -98,5 +102,7 @@ def heldout_nll(
         "nll_per_token": sum(sums) / n_tokens,
         "n_examples": len(records),
         "n_tokens": n_tokens,
+        "n_truncated": cut["truncated"],
+        "n_emptied": cut["emptied"],
         "per_example": per_example,
     }
