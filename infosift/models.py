@@ -90,6 +90,38 @@ def resolve_base_model(spec: str, cache_dir: str | os.PathLike, trust_remote_cod
     return _resolve_hub(spec, cache, trust_remote_code)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json")  # fmt: skip
+
+
+def with_chat_template(model_dir: str | os.PathLike, template: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+    """``model_dir`` as seen with the Jinja chat template in ``template``: a cached dir whose weights and config are
+    links to the model's and whose tokenizer carries the template (checked to render, chat.ensure_chat_template).
+
+    Every stage (embed, finetune, lm-eval, the judge) then reads one dir with the template in it; its fingerprint
+    differs from the bare model's, so caches keyed on it tell the two apart.
+    """
+    from transformers import AutoTokenizer
+
+    from infosift.chat import ensure_chat_template
+
+    src, text = Path(model_dir).resolve(), Path(template).read_bytes()
+    digest = hashlib.sha256(text + b"\0" + str(src).encode()).hexdigest()[:16]
+    out = Path(cache_dir) / f"{src.name}-template-{digest}"
+    if out.is_dir():
+        return out
+    with _load_errors(model_dir, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    ensure_chat_template(tokenizer, template)
+    with atomic_output(out, keep_existing=True) as tmp:
+        tmp.mkdir()
+        for f in src.iterdir():
+            if f.is_file() and f.name not in TOKENIZER_FILES:
+                (tmp / f.name).symlink_to(f)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
 # weight files transformers loads from a local dir (one file, or an index of shards)
 WEIGHT_FILES = (
     "model.safetensors",
@@ -332,6 +364,9 @@ def load_model_and_tokenizer(
     base = adapter_base(model_dir)
     with _load_errors(model_dir, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    from infosift.chat import ensure_chat_template
+
+    ensure_chat_template(tokenizer)  # every use encodes chat turns: no template is one line now, before the weights
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

@@ -201,16 +201,18 @@ def main(argv: list[str]) -> None:
     engine = ft.get("engine", "local")
     main_rank = rank() == 0
     live = live_loss(name, key, manifest["hash"], cfg) if main_rank else nullcontext(None)
+    # loaded before anything is written or an MLflow run opens: a model that cannot load is one line and no trace
+    loaded = None if engine == "ray" else load_model_and_tokenizer(base_dir, **model_options(mp, trust))
     with live as on_step:
         with atomic_output(Path("models") / name) if main_rank else scratch_dir() as tmp:
-            if engine == "ray":
+            if loaded is None:
                 from infosift.scale.train import ray_finetune
 
                 result = ray_finetune(
                     ft.get("ray") or {}, base_dir, records, tmp, cfg, model_options(mp, trust), checkpoints, on_step
                 )
             else:
-                model, tokenizer = load_model_and_tokenizer(base_dir, **model_options(mp, trust))
+                model, tokenizer = loaded
                 result = finetune(model, tokenizer, records, tmp, cfg, checkpoint_dir=checkpoints, on_step=on_step)
             if main_rank:
                 provenance.update(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infosift.models import ATTN_IMPLEMENTATIONS, DTYPES, QUANTIZATIONS, ModelResolutionError, resolve_base_model
+from infosift.models import (
+    ATTN_IMPLEMENTATIONS,
+    DTYPES,
+    QUANTIZATIONS,
+    ModelResolutionError,
+    resolve_base_model,
+    with_chat_template,
+)
 from stages._common import StageError, check_keys, check_param, params
 
 KEYS = {"base_model", "cache_dir", "trust_remote_code", "torch_dtype", "attn_implementation", "quantization",
@@ -45,6 +52,9 @@ def base_model_dir() -> tuple[Path, bool]:
     p = model_params()
     trust = bool(p["trust_remote_code"])
     try:
-        return resolve_base_model(p["base_model"], p["cache_dir"], trust), trust
+        base = resolve_base_model(p["base_model"], p["cache_dir"], trust)
+        if p.get("chat_template"):  # a model without a template, or one the user replaces
+            base = with_chat_template(base, p["chat_template"], p["cache_dir"])
+        return base, trust
     except ModelResolutionError as e:
         raise StageError(str(e)) from None
