@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from flows.preflight import check_config_or_exit
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "params.evidence.yaml"
 OUT = ROOT / "results" / "evidence"
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = yaml.safe_load(PROFILE.read_text())
     for pool in args.pools:
-        overrides(profile, pool, args.profile)  # every name checked before the first hour-long run starts
+        check_config_or_exit(["compare"], overrides(profile, pool, args.profile))  # names, params, inputs: first
     for pool in args.pools:
         seconds = run_pool(profile, pool, args.profile)
         out = result_dir(pool, args.profile)

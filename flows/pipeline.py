@@ -28,6 +28,8 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from flows.preflight import check_config  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 # what the compare stage writes (its outs in dvc.yaml; a test holds this) and the flow publishes as artifacts
 COMPARE_DIR = Path("results/compare")
@@ -249,13 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-item", type=float, default=1, help="Ray CPUs each fine-tune/evaluate item reserves")
     parser.add_argument("--gpus-per-item", type=float, default=0, help="Ray GPUs each fine-tune/evaluate item reserves")
     args = parser.parse_args(argv)
-    return guarded(
-        lambda: pipeline(
-            stages=args.stages,
-            force=args.force,
-            ray_address=args.ray_address,
-            cpus_per_item=args.cpus_per_item,
-            gpus_per_item=args.gpus_per_item,
+    return guarded(  # first every chosen stage's params and inputs (check_config), then the stages
+        lambda: (
+            check_config(args.stages or STAGES)
+            or pipeline(
+                stages=args.stages,
+                force=args.force,
+                ray_address=args.ray_address,
+                cpus_per_item=args.cpus_per_item,
+                gpus_per_item=args.gpus_per_item,
+            )
         ),
         args.ray_address,
     )
