@@ -350,3 +350,16 @@ def test_one_file_through_the_pipeline_and_an_edit_reruns_download(tmp_path):
     )
     stale = set(json.loads(status.stdout)) - {"fetch", "fetch_mt_bench"}  # always changed: they look every time
     assert stale == {"download"}, status.stdout  # and what reads its outputs, only if they change
+
+
+def test_dvc_repro_without_shared_reaches_the_hub_fallback_and_its_error(tmp_path):
+    """A clone with no ../shared beside it: DVC runs fetch (no missing-dependency error of its own), which tries
+    the mirror, then the hub (offline here), and stops with one line naming download.mirror_dir and the dataset."""
+    repo, env = own_data_repo(tmp_path, {"dataset": "gsm8k", "mirror_dir": "../shared/data"})
+    proc = subprocess.run(["dvc", "repro", "download"], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stdout + proc.stderr
+    assert "download.mirror_dir='../shared/data', download.dataset='gsm8k'" in errors[0]
+    assert "hub (openai/gsm8k)" in errors[0] and "No such file or directory" not in proc.stderr
+    assert not (repo / "data/source.json").exists() and not (repo / "data/download").exists()
