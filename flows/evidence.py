@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from flows import supervise
+from flows.preflight import check_config_or_exit
 from stages._common import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = yaml.safe_load(PROFILE.read_text())
     for pool in args.pools:
-        overrides(profile, pool, args.profile)  # every name checked before the first hour-long run starts
+        check_config_or_exit(["compare"], overrides(profile, pool, args.profile))  # names, params, inputs: first
     try:
         policy = supervise.policy(ROOT)
     except StageError as e:

@@ -32,6 +32,7 @@ from prefect.cache_policies import NONE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from flows import supervise  # noqa: E402
+from flows.preflight import check_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # what the compare stage writes (its outs in dvc.yaml; a test holds this) and the flow publishes as artifacts
@@ -288,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-item", type=float, default=0, help="Ray GPUs each fine-tune/evaluate item reserves")
     args = parser.parse_args(argv)
     return stoppable(
-        lambda: guarded(
-            lambda: pipeline(
+        lambda: guarded(  # first every chosen stage's params and inputs (check_config), then the stages
+            lambda: check_config(args.stages or STAGES)
+            or pipeline(
                 stages=args.stages,
                 force=args.force,
                 ray_address=args.ray_address,

@@ -42,6 +42,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# dotted key -> value, applied on top of params.yaml as `dvc exp run -S` would; empty except while flows/preflight.py
+# checks a run that will set them (an experiment of the evidence profile)
+OVERRIDES: dict[str, object] = {}
+
+
+def with_overrides(data: dict, overrides: dict[str, object]) -> dict:
+    """``data`` with each dotted ``key: value`` of ``overrides`` set (the sections on the way copied, not changed)."""
+    data = dict(data)
+    for key, value in overrides.items():
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part) if isinstance(node.get(part), dict) else {}
+            node[part] = dict(child)
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
 def params(section: str | None = None, path: str = "params.yaml") -> dict:
     """params.yaml (or one section of it). Only stages read it; the library gets plain arguments."""
     p = Path(path)
@@ -57,6 +75,7 @@ def params(section: str | None = None, path: str = "params.yaml") -> dict:
         raise StageError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(data, dict):
         raise StageError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data = with_overrides(data, OVERRIDES if path == "params.yaml" else {})
     if section is None:
         return data
     if section not in data:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from infosift.compare import plot_metric, results_table, to_markdown
-from infosift.data import read_rows
+from infosift.data import dataset_name, read_rows
 from infosift.errors import DataError
 from infosift.evidence import ModelResult, evidence_table, plot_vs_tokens, verdict_lines
 from infosift.manifest import read_json_object, read_manifest
@@ -246,7 +246,7 @@ def main(argv: list[str]) -> None:
     champion = None
     if cfg.get("mlflow", True) and cfg.get("log_models", True):
         metric = cfg.get("champion_metric", "nll_per_token")
-        champion = pick_champion(rows, metric, METRICS[metric], all_params["download"]["dataset"])
+        champion = pick_champion(rows, metric, METRICS[metric], dataset_name(all_params["download"]["dataset"]))
         if champion is None:
             raise StageError(
                 f"params.yaml compare.champion_metric: no fine-tuned model has {metric}; did evaluate skip it?"
@@ -276,7 +276,7 @@ def log_to_mlflow(
 ) -> None:
     """One parent run for this pipeline run, a nested run per model, datasets, models and the champion's version."""
     lock = dvc_lock_hashes()
-    dataset = all_params["download"]["dataset"]
+    dataset = dataset_name(all_params["download"]["dataset"])  # a file's stem, not its path: gsm8k stays gsm8k
     tags = {
         "git_commit": git_commit(),
         "infosift.dataset": dataset,

@@ -22,7 +22,8 @@ KNOWN = set("part max_length batch_tokens shard_size dtype device engine ray pro
 RAY_KNOWN = {"address", "actors", "num_gpus_per_actor"}
 
 
-def main(argv: list[str]) -> None:
+def checked_params() -> dict:
+    """params.yaml `embed`, each value checked before any record is read or a model loaded."""
     p = params("embed")
     check_keys(p, "embed", KNOWN)
     check_param(p.get("part", "response"), "embed.part", str, choices=("response", "prompt", "all"))
@@ -32,9 +33,15 @@ def main(argv: list[str]) -> None:
     check_param(p.get("dtype", "float16"), "embed.dtype", str, choices=("float16", "float32"))
     check_param(p.get("project_dim"), "embed.project_dim", int, low=1, allow_none=True)
     check_param(p.get("project_seed", 0), "embed.project_seed", int, low=0)
-    engine = check_param(p.get("engine", "local"), "embed.engine", str, choices=ENGINES)
-    device = check_device(p.get("device"), "embed.device")
-    ray_opts = ray_params(p.get("ray") or {})
+    check_param(p.get("engine", "local"), "embed.engine", str, choices=ENGINES)
+    check_device(p.get("device"), "embed.device")
+    ray_params(p.get("ray") or {})
+    return p
+
+
+def main(argv: list[str]) -> None:
+    p = checked_params()
+    engine, device, ray_opts = p.get("engine", "local"), p.get("device"), ray_params(p.get("ray") or {})
     # both inputs checked before anything is embedded: a bad target record must not come after a written pool
     inputs = {
         "pool": read_examples("data/download/pool.jsonl"),

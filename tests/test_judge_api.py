@@ -242,9 +242,8 @@ def stage_workspace(tmp_path: Path, tiny_model_dir, gsm_records, mt_files, mt_be
     write_jsonl(cwd / "data/download/test.jsonl", gsm_records[:2])
     evaluate = {"n_test": 1, "max_length": 64, "batch_size": 1, "device": "cpu", "gsm8k": {"limit": 0},
                 "mt_bench": {"limit": 1, "max_new_tokens": 2, "batch_size": 1, **mt_bench}}  # fmt: skip
-    (cwd / "params.yaml").write_text(
-        yaml.safe_dump({"download": {"mirror_dir": mt_files["mirror"]}, "evaluate": evaluate})
-    )
+    shutil.copytree(Path(mt_files["mirror"]) / "mt_bench", cwd / "data/mt_bench")  # as fetch_mt_bench copies it
+    (cwd / "params.yaml").write_text(yaml.safe_dump({"evaluate": evaluate}))
     return cwd
 
 

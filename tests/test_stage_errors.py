@@ -629,7 +629,9 @@ def evaluate_workspace(monkeypatch, tmp_path: Path, tiny_model_dir: Path, evalua
     shutil.copytree(tiny_model_dir, tmp_path / "models" / "v-5-s0-nll")
     (tmp_path / "data" / "download").mkdir(parents=True)
     (tmp_path / "data/download/test.jsonl").write_text('{"id": "a", "prompt": "what is 3 ?", "response": "3"}\n')
-    params = {"model": {"base_model": str(tiny_model_dir)}, "download": {"mirror_dir": mirror}, "evaluate": evaluate}
+    if Path(mirror, "mt_bench").is_dir():  # where the fetch_mt_bench stage would have copied it
+        shutil.copytree(Path(mirror, "mt_bench"), tmp_path / "data" / "mt_bench")
+    params = {"model": {"base_model": str(tiny_model_dir)}, "evaluate": evaluate}
     return in_workspace(monkeypatch, tmp_path, params)
 
 
