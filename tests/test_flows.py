@@ -63,13 +63,13 @@ def fake_dvc(tmp_path, monkeypatch, prefect_api):
 def test_flow_runs_each_stage_in_order(fake_dvc):
     assert fp.main(["--stages", "download", "select", "compare"]) == 0
     calls = fake_dvc.read_text().splitlines()
-    assert calls == ["status --quiet download select compare", "repro download", "repro select", "repro compare"]
+    assert calls == ["status --json download select compare", "repro download", "repro select", "repro compare"]
 
 
 def test_up_to_date_workspace_costs_one_status_check(fake_dvc, monkeypatch):
     monkeypatch.setenv("FAKE_DVC_STATUS", "0")
     assert fp.main(["--stages", "download", "select", "compare"]) == 0
-    assert fake_dvc.read_text().splitlines() == ["status --quiet download select compare"]
+    assert fake_dvc.read_text().splitlines() == ["status --json download select compare"]
 
 
 def test_force_skips_the_status_check(fake_dvc, monkeypatch):
@@ -172,8 +172,8 @@ def test_a_field_the_data_lacks_fails_at_once_with_the_stages_error_line(tmp_pat
     repo = tmp_path / "repo"
     for item in ("stages", "infosift"):
         shutil.copytree(fp.ROOT / item, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
-    download = yaml.safe_load((fp.ROOT / "dvc.yaml").read_text())["stages"]["download"]
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"download": download}}))
+    stages = yaml.safe_load((fp.ROOT / "dvc.yaml").read_text())["stages"]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: stages[s] for s in ("fetch", "download")}}))
     write_jsonl(tmp_path / "mirror/gsm8k/train.jsonl", gsm_rows(30, seed=0))
     write_jsonl(tmp_path / "mirror/gsm8k/test.jsonl", gsm_rows(10, seed=1))
     params = {
@@ -186,7 +186,7 @@ def test_a_field_the_data_lacks_fails_at_once_with_the_stages_error_line(tmp_pat
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # DVC's `python`
     monkeypatch.setattr(fp, "ROOT", repo)
     start = time.monotonic()
-    assert fp.main(["--stages", "download"]) == 1
+    assert fp.main(["--stages", "fetch", "download"]) == 1
     assert time.monotonic() - start < 30  # no retry waited its 30 s
     stage_errors = [m for m in caplog.messages if m.startswith("error: ")]
     assert len(stage_errors) == 1 and "instruction" in stage_errors[0], caplog.messages  # the stage's own line
