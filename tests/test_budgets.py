@@ -52,6 +52,8 @@ EXTRA = [
     ("fishersft", {"weighting": "length"}),
     ("fishersft", {"ridge": 0.1, "batch": 2, "refactor_every": 3}),
     ("gip", {"normalize": True}),
+    ("length_matched", {"of": {"selector": "fishersft", "weighting": "length"}, "bins": 3}),
+    ("typicality", {"k_nn": 3, "n_init": 1}),
 ]
 VARIANTS = [(name, {}) for name in available()] + [(n, p) for n, p in EXTRA if n in available()]
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in params.items()) for name, params in VARIANTS]
