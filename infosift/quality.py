@@ -72,7 +72,7 @@ def response_logprobs(model, encs: list[Encoded], eos_id: int, batch_tokens: int
         ids = padded["input_ids"].to(device)
         with torch.inference_mode(), mixed:
             attn = padded["attention_mask"].to(device)
-            hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+            hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
             for row, i in enumerate(batch):
                 targets = np.flatnonzero(np.asarray(encs[i].response_mask[1:], dtype=bool)) + 1
                 end = eos_position(encs[i], eos_id)
@@ -83,15 +83,45 @@ def response_logprobs(model, encs: list[Encoded], eos_id: int, batch_tokens: int
     return logp_sum, p_eos
 
 
-def quality_scores(model, tokenizer, records: list[dict], seed: int = 0, batch_tokens: int = 4096) -> dict:
-    """pmi, eos (the scores) and partner, logp, logp_other (how pmi was made) of ``records``, each (N,)."""
+def from_token_stats(enc: Encoded, p_next: np.ndarray, eos_id: int) -> tuple[float, float] | None:
+    """(log p of the response summed, p(EOS)) read off embed's ``p_next`` of the example's response rows; None
+    when those rows are not this encoding's (truncated at embed: fewer rows) or a probability underflowed to 0."""
+    targets = np.flatnonzero(np.asarray(enc.response_mask[1:], dtype=bool)) + 1
+    p = np.asarray(p_next, dtype=np.float64)
+    if len(p) != len(targets) or not np.all(p > 0):
+        return None
+    return float(np.log(p).sum()), float(p[np.flatnonzero(targets == eos_position(enc, eos_id))[0]])
+
+
+def quality_scores(
+    model,
+    tokenizer,
+    records: list[dict],
+    seed: int = 0,
+    batch_tokens: int = 4096,
+    response_p_next: list[np.ndarray] | None = None,
+) -> dict:
+    """pmi, eos (the scores) and partner, logp, logp_other (how pmi was made) of ``records``, each (N,).
+
+    ``response_p_next``: per record, embed's ``p_next`` over its response rows (``embed.part: response``);
+    log p(r | q) and eos are then read off them instead of a second forward pass, wherever they cover the
+    whole response. Only log p(r | q') always needs the model.
+    """
     partner = partner_prompts(len(records), seed)
     own = [encode_pair(tokenizer, r["prompt"], r["response"]) for r in records]
     other = [encode_pair(tokenizer, records[j]["prompt"], r["response"]) for r, j in zip(records, partner, strict=True)]
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ModelResolutionError("the tokenizer has no EOS token, so 'eos' is undefined")
-    logp, eos = response_logprobs(model, own, eos_id, batch_tokens)
+    logp, eos, todo = np.zeros(len(records)), np.zeros(len(records)), []
+    for i, enc in enumerate(own):
+        got = None if response_p_next is None else from_token_stats(enc, response_p_next[i], eos_id)
+        if got is None:
+            todo.append(i)
+        else:
+            logp[i], eos[i] = got
+    if todo:
+        logp[todo], eos[todo] = response_logprobs(model, [own[i] for i in todo], eos_id, batch_tokens)
     logp_other, _ = response_logprobs(model, other, eos_id, batch_tokens)
     return {"pmi": logp - logp_other, "eos": eos, "partner": partner, "logp": logp, "logp_other": logp_other}
 

@@ -82,7 +82,10 @@ def main(argv: list[str]) -> None:
         print(f"embed: {name}: {len(feats)} examples, {len(feats.values)} tokens, d={feats.dim}")
     # quality scores of the pool (infosift/quality.py): what a variant's filter drops by
     model, tokenizer = load_model_and_tokenizer(model_dir, device=device, trust_remote_code=trust)
-    scores = quality_scores(model, tokenizer, inputs["pool"], seed=quality_seed, batch_tokens=common["batch_tokens"])
+    pool = TokenFeatures.load("data/features/pool", mmap=True)  # its p_next gives log p(r|q) and eos for free
+    stats = [pool.p_next[a:b] for a, b in zip(pool.offsets[:-1], pool.offsets[1:], strict=True)]
+    reuse = stats if common["part"] == "response" and pool.p_next is not None else None
+    scores = quality_scores(model, tokenizer, inputs["pool"], quality_seed, common["batch_tokens"], reuse)
     save_quality("data/features/quality.npz", [str(r["id"]) for r in inputs["pool"]], scores)
     print(f"embed: quality: pmi median {np.median(scores['pmi']):.2f}, eos median {np.median(scores['eos']):.3f}")
 
