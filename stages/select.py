@@ -6,6 +6,8 @@ GIP's targets or scores, DSIR's n-gram importance weights toward the target slic
 ``select.budget_unit``: tokens (what a fine-tune pays for) or examples. A seeded selector (random,
 density) selects once per seed in ``select.seeds``; a deterministic one selects once and writes that
 selection for every seed, so each seed still gets its own fine-tune.
+A variant's ``filter: {score: pmi | eos, drop: share}`` drops that share of the pool with the lowest quality
+score (data/features/quality.npz, written by embed) before its selector runs (select/filtered.py).
 Distributed selection: ``select.partitions`` k > 1 runs every distributable variant (fishersft, sentence_od;
 a variant may set its own ``partitions``) as GreeDi, the two-round distributed greedy of select/greedi.py, its
 partition drawn with the seed; ``select.engine: ray`` runs round 1 as Ray tasks on ``select.ray.address``

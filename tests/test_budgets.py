@@ -78,7 +78,7 @@ def assert_filled(indices: np.ndarray, costs: np.ndarray, budget: int) -> None:
 def test_every_registered_selector_is_covered():
     names = {name for name, _ in VARIANTS}
     assert names == set(available())
-    assert {"fishersft", "sentence_od", "gip", "random", "density"} <= names
+    assert {"fishersft", "sentence_od", "gip", "random", "density", "typicality", "length", "length_matched"} <= names
 
 
 @pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
