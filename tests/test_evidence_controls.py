@@ -85,3 +85,39 @@ def test_control_table_leaves_out_what_has_no_results():
     assert control_table(res, {"other": "other-lm"}).empty
     assert control_table([r for r in res if r.selector != "sel-lm"], {"sel": "sel-lm"}).empty
     assert "reference" in control_table(res, {}).columns
+
+
+def test_compare_reports_each_selector_against_its_control(tmp_path, monkeypatch):
+    """stages.compare.write_evidence: the control rows go to evidence.csv (``reference``) and evidence.md."""
+    import itertools
+    import json
+
+    import pandas as pd
+
+    from stages.compare import write_evidence
+
+    monkeypatch.chdir(tmp_path)
+    variants = {"random": {}, "length": {}, "length-lm": {"selector": "length_matched", "of": {"selector": "length"}}}
+    all_params = {
+        "select": {"run": list(variants), "variants": variants, "seeds": [0, 1]},
+        "finetune": {"losses": ["nll"]},
+    }
+    rows, rng = [], np.random.default_rng(3)
+    for (variant, shift), seed in itertools.product([("random", 0.0), ("length", -0.2), ("length-lm", -0.1)], [0, 1]):
+        name = f"{variant}-100-s{seed}-nll"
+        out = tmp_path / "results/evaluate" / name
+        out.mkdir(parents=True)
+        per = [{"id": f"t{e}", "nll_sum": 20.0 + 5 * shift + rng.normal(0, 0.01), "n_tokens": 10} for e in range(30)]
+        (out / "per_example.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per))
+        rows.append(
+            {"variant": name, "selector": variant, "budget": 100, "seed": seed, "loss": "nll", "train_tokens": 100}
+        )
+    (tmp_path / "out").mkdir()
+    write_evidence(tmp_path / "out", rows, all_params, 200, "tokens")
+    csv = pd.read_csv(tmp_path / "out/evidence.csv")
+    vs = csv.set_index(["selector", "reference"])
+    assert vs.loc[("length", "length-lm"), "verdict"].startswith("beats length-lm")
+    assert vs.loc[("length", "random"), "verdict"].startswith("beats random")
+    assert vs.loc[("length-lm", "random"), "verdict"].startswith("beats random")  # length alone helps here
+    md = (tmp_path / "out/evidence.md").read_text()
+    assert "Against its length-matched control" in md and "length @ 100 tokens: beats length-lm" in md
