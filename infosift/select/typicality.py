@@ -14,8 +14,9 @@ or uncertain ones, and the order flips as the budget grows. The selection, as in
 
 At an example budget k that is the selection. So that a token budget is filled (base.fill), the order
 goes on round by round: the second most typical of each cluster (largest first), then the third, ...
-Ties break on the lowest index. Their code reads squared distances from faiss; the paper's definition,
-used here, is the plain Euclidean distance.
+Ties break on the lowest index. Two departures from their code: it reads squared distances from faiss,
+while the paper's definition, used here, is the plain Euclidean distance; and it skips clusters of fewer
+than 5 points, while here every cluster counts, so that an example budget of k buys k examples.
 """
 
 from __future__ import annotations
