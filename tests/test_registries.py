@@ -43,6 +43,7 @@ def test_every_registered_selector_module_is_discovered():
     package = ROOT / "infosift" / "select"
     names = set().union(*(registered_names(f) for f in package.glob("*.py")))
     assert {"density", "dsir", "fishersft", "gip", "random", "sentence_od"} <= names
+    assert {"length", "length_matched", "typicality"} <= names
     assert names == set(select.available())
 
 
