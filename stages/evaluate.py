@@ -17,6 +17,7 @@ from pathlib import Path
 from infosift.data import MTBenchFiles, mt_bench_files, read_examples, read_mt_bench
 from infosift.errors import DataError, ModelResolutionError
 from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judged
+from infosift.evaluate.answer_span import compile_pattern
 from infosift.evaluate.gsm8k import write_task_file
 from infosift.models import ADAPTER_CONFIG, adapter_base, check_model_dir, model_fingerprint
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
@@ -40,7 +41,13 @@ JUDGE_CACHE = ".cache/judge"  # API judge replies by request hash: a rerun pays 
 def checked_params() -> dict:
     """params.yaml `evaluate`, each value checked (suites, judge, device) before any model or file is read."""
     p = params("evaluate")
-    check_keys(p, "evaluate", {"n_test", "max_length", "batch_size", "gsm8k", "mt_bench", "device"})
+    check_keys(p, "evaluate", {"n_test", "max_length", "batch_size", "gsm8k", "mt_bench", "device", "answer_pattern"})
+    pattern = check_param(p.get("answer_pattern"), "evaluate.answer_pattern", str, allow_none=True)
+    if pattern is not None:
+        try:
+            compile_pattern(pattern)
+        except DataError as e:
+            raise StageError(f"params.yaml evaluate.answer_pattern: {e}") from None
     check_param(p.get("n_test"), "evaluate.n_test", int, low=1, allow_none=True)
     check_param(p.get("max_length", 512), "evaluate.max_length", int, low=8)
     check_param(p.get("batch_size", 8), "evaluate.batch_size", int, low=1)
@@ -85,6 +92,7 @@ def main(argv: list[str]) -> None:
             batch_size=int(p.get("batch_size", 8)),
             device=p.get("device"),
             trust_remote_code=trust,
+            answer_pattern=p.get("answer_pattern"),
         )
         write_per_example(tmp / "per_example.jsonl", nll.pop("per_example"))
         metrics.update(nll)
@@ -125,9 +133,13 @@ def check_adapter_base(model_dir: Path) -> None:
         )
 
 
+PER_EXAMPLE = ("id", "nll_sum", "n_tokens", "answer_nll_sum", "answer_n_tokens")
+
+
 def write_per_example(path: Path, rows: list[dict]) -> None:
-    """One {id, nll_sum, n_tokens} per scored test record, for compare's paired intervals; metrics.json stays small."""
-    path.write_text("".join(json.dumps({k: r[k] for k in ("id", "nll_sum", "n_tokens")}) + "\n" for r in rows))
+    """One {id, nll_sum, n_tokens[, answer_nll_sum, answer_n_tokens]} per scored test record, for compare's paired
+    intervals; metrics.json stays small."""
+    path.write_text("".join(json.dumps({k: r[k] for k in PER_EXAMPLE if k in r}) + "\n" for r in rows))
 
 
 def check_gsm8k(gsm: dict) -> None:

@@ -100,8 +100,9 @@ def distribution(p: dict, selector: str, sel_params: dict) -> dict:
 
 
 def checked_variant(name: str, p: dict) -> tuple[str, list[int], tuple]:
-    """(budget unit, seeds, (selector name, its params, query, query options, query kind, selector)) of variant
-    ``name`` in the select section ``p``, each checked and the selector built, before any features are read."""
+    """(budget unit, seeds, (selector name, its params, query, query options, query kind, selector, filter)) of
+    variant ``name`` in the select section ``p``, each checked and the selector built, before any features are
+    read."""
     unit = check_param(p.get("budget_unit", "examples"), "select.budget_unit", str, choices=UNITS)
     check_keys(p, "select", KNOWN)
     seeds = check_items(p.get("seeds", [0]), "select.seeds", int, low=0)
@@ -111,7 +112,7 @@ def checked_variant(name: str, p: dict) -> tuple[str, list[int], tuple]:
     query_kind = None if query is None else get_query(query)
     scale = distribution(p, selector_name, sel_params)
     selector = get_selector(selector_name, **{**sel_params, **scale})
-    return unit, seeds, (selector_name, sel_params, query, query_cfg, query_kind, selector)
+    return unit, seeds, (selector_name, sel_params, query, query_cfg, query_kind, selector, filt)
 
 
 def main(argv: list[str]) -> None:
@@ -119,7 +120,7 @@ def main(argv: list[str]) -> None:
         raise StageError("usage: python -m stages.select VARIANT BUDGET")
     name, budget = argv[0], whole_number(argv[1], "budget")
     p = params("select")
-    unit, seeds, (selector_name, sel_params, query, query_cfg, query_kind, selector) = checked_variant(name, p)
+    unit, seeds, (selector_name, sel_params, query, query_cfg, query_kind, selector, filt) = checked_variant(name, p)
     features = TokenFeatures.load(FEATURES / "pool", mmap=True)
     try:  # corrupted features are an error for every selector, also those that never read the values
         features.check_finite()

@@ -15,6 +15,7 @@ import yaml
 from infosift.quality import save_quality
 from infosift.select import SelectionError, available, get_selector
 from infosift.select.filtered import Filtered, kept_indices
+from stages._common import EXIT_BAD_INPUT
 from tests.test_budgets import assert_filled, pool, query_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,10 +85,11 @@ def test_select_stage_records_the_filter_and_refuses_one_that_drops_the_pool(tmp
     assert manifest["info"]["filter_kept"] == 6 and "quality" in manifest["inputs"]
     assert set(manifest["indices"]) <= set(range(6))  # pmi falls with the index: the first half is kept
     proc = stage(tmp_path, {"selector": "random", "filter": {"score": "pmi", "drop": 1.0}})
-    assert proc.returncode == 1
+    assert proc.returncode == EXIT_BAD_INPUT
     assert proc.stderr.strip().splitlines() == [
         "error: params.yaml select.variants.v.filter.drop: filter drop must be in [0, 1) (1 drops the whole pool), "
         "got 1.0"
     ]
     proc = stage(tmp_path, {"selector": "random", "filter": {"score": "ifd", "drop": 0.1}})
-    assert proc.returncode == 1 and proc.stderr.startswith("error: params.yaml select.variants.v.filter.score")
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert proc.stderr.startswith("error: params.yaml select.variants.v.filter.score")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages._common import EXIT_BAD_INPUT
 from tests.test_e2e import MT_JUDGE_PROMPTS, MT_QUESTIONS, MT_REFERENCES, TINY_PARAMS
 from tests.tiny import save_tiny_model, write_jsonl
 
@@ -37,7 +38,7 @@ def run_module(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Com
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     return lines[0]
