@@ -25,6 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from infosift.errors import UnsafeNameError
+from infosift.names import check_name
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "params.evidence.yaml"
 OUT = ROOT / "results" / "evidence"
@@ -34,6 +37,12 @@ COPIED = ("evidence.md", "evidence.csv", "nll_vs_tokens.png", "table.md")
 def overrides(profile: dict, pool: str, name: str | None = None) -> dict:
     """The flat key -> value overrides for one pool: shared ones, then the pool's, then profile ``name``'s."""
     pools, profiles = profile.get("pools") or {}, profile.get("profiles") or {}
+    try:  # each becomes a directory under results/evidence/ and part of an experiment's name
+        check_name(pool, f"{PROFILE.name} pool")
+        if name is not None:
+            check_name(name, f"{PROFILE.name} profile")
+    except UnsafeNameError as e:
+        raise SystemExit(f"error: {e}") from None
     if pool not in pools:
         raise SystemExit(f"error: {PROFILE.name}: unknown pool {pool!r}; known: {sorted(pools)}")
     if name is not None and name not in profiles:

@@ -163,6 +163,7 @@ def pipeline(
     reserving ``cpus_per_item`` / ``gpus_per_item``. When compare is among the stages, its table and verdicts
     become artifacts of the run.
     """
+    check_names()  # DVC puts them into the shell commands it runs
     stages = stages or dvc_stages()
     if ray_address:
         from infosift.scale.cluster import check_address
@@ -183,6 +184,18 @@ def pipeline(
             dvc_repro(stage, force=force)
     if "compare" in stages:
         publish_compare()
+
+
+def check_names() -> None:
+    """params.yaml's variant, loss and dataset names against the one safe pattern, before the first `dvc repro`:
+    DVC writes them into stage names and the commands it hands to a shell (as does the Ray fan-out)."""
+    from infosift.names import check_params_names
+    from stages._common import StageError, params
+
+    try:
+        check_params_names(params(path=str(ROOT / "params.yaml")))
+    except StageError as e:  # no or unreadable params.yaml: the stages say so themselves
+        raise FlowError(str(e)) from None
 
 
 def prefect_api_error(url: str | None = None) -> str | None:
@@ -218,6 +231,7 @@ def guarded(run, ray_address: str | None = None) -> int:
     from infosift.errors import InfosiftError
 
     try:
+        check_names()  # one line here, not a failed flow run's traceback
         if problem := prefect_api_error():
             raise FlowError(problem)
         if ray_address:

@@ -24,6 +24,7 @@ from infosift.data import read_rows
 from infosift.errors import DataError
 from infosift.evidence import ModelResult, evidence_table, plot_vs_tokens, verdict_lines
 from infosift.manifest import read_json_object, read_manifest
+from infosift.names import check_params_names
 from infosift.plots import not_computed
 from infosift.tracking import (
     Champion,
@@ -109,6 +110,7 @@ def matrix_params(mlflow: bool) -> None:
     from infosift.losses import available_losses  # imports torch: only now, not for every import of this stage
 
     sel, ft = params("select"), params("finetune")  # a missing or non-mapping section: one line naming it
+    check_params_names({"select": sel, "finetune": ft, "download": params("download") if mlflow else {}})
     variants = sel.get("variants")
     choices = tuple(variants) if isinstance(variants, dict) and variants else None
     check_items(sel.get("run"), "select.run", str, choices=choices)

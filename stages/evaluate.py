@@ -18,6 +18,7 @@ from infosift.errors import DataError, ModelResolutionError
 from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judged
 from infosift.evaluate.gsm8k import write_task_file
 from infosift.models import check_model_dir
+from infosift.names import check_name
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
 from stages.model import base_model_dir, trust_remote_code
 
@@ -29,7 +30,7 @@ JUDGE_CACHE = ".cache/judge"  # API judge replies by request hash: a rerun pays 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise StageError("usage: python -m stages.evaluate NAME   (NAME = base or <variant>-<budget>-<loss>)")
-    name = argv[0]
+    name = check_name(argv[0], "evaluate NAME")  # a path component of models/ and results/evaluate/
     p = params("evaluate")
     check_keys(p, "evaluate", {"n_test", "max_length", "batch_size", "gsm8k", "mt_bench", "device"})
     check_param(p.get("n_test"), "evaluate.n_test", int, low=1, allow_none=True)

@@ -18,6 +18,7 @@ from infosift.data import read_examples
 from infosift.losses import available_losses, get_loss
 from infosift.manifest import content_hash, read_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
+from infosift.names import check_name
 from infosift.tracking_live import DEFAULT_EXPERIMENT, tracking_uri, training_run
 from infosift.train import TrainConfig, finetune
 from stages._common import (
@@ -132,6 +133,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 4:
         raise StageError("usage: python -m stages.finetune VARIANT BUDGET SEED LOSS")
     variant, budget, seed, loss = argv[0], whole_number(argv[1], "budget"), whole_number(argv[2], "seed"), argv[3]
+    check_name(variant, "finetune VARIANT")  # a path component of models/ and results/finetune/
     if loss not in LOSSES:
         raise StageError(f"unknown loss_type {loss!r}; use one of {', '.join(LOSSES)}")
     p = checked_train_params(params("finetune"))

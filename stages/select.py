@@ -24,6 +24,7 @@ import numpy as np
 
 from infosift.features import TokenFeatures
 from infosift.manifest import build_manifest, path_sha256
+from infosift.names import check_name
 from infosift.queries import QuerySource, get_query, query_options
 from infosift.select import distributable, get_selector
 from infosift.select.base import UNITS
@@ -83,7 +84,7 @@ def distribution(p: dict, selector: str, sel_params: dict) -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise StageError("usage: python -m stages.select VARIANT BUDGET")
-    name, budget = argv[0], whole_number(argv[1], "budget")
+    name, budget = check_name(argv[0], "select VARIANT"), whole_number(argv[1], "budget")
     p = params("select")
     unit = check_param(p.get("budget_unit", "examples"), "select.budget_unit", str, choices=UNITS)
     check_keys(p, "select", KNOWN)
