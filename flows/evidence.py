@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from infosift.atomic import atomic_output
 from infosift.errors import UnsafeNameError
 from infosift.names import check_name
 
@@ -78,13 +79,15 @@ def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         raise SystemExit(f"error: the {pool} pool's experiment failed (see the dvc output above); rerun to resume")
     seconds = time.perf_counter() - t0
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in COPIED:
-        if (ROOT / "results/compare" / f).exists():
-            shutil.copy(ROOT / "results/compare" / f, dest / f)
-    (dest / "run.json").write_text(
-        json.dumps({"pool": pool, "profile": name, "wall_seconds": round(seconds, 1), "command": cmd}, indent=1) + "\n"
-    )
+    with atomic_output(dest) as tmp:  # the whole directory replaced: no file of an older run left beside new ones
+        tmp.mkdir()
+        for f in COPIED:
+            if (ROOT / "results/compare" / f).exists():
+                shutil.copy(ROOT / "results/compare" / f, tmp / f)
+        (tmp / "run.json").write_text(
+            json.dumps({"pool": pool, "profile": name, "wall_seconds": round(seconds, 1), "command": cmd}, indent=1)
+            + "\n"
+        )
     return seconds
 
 
