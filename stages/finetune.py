@@ -119,6 +119,7 @@ def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> Abst
         return nullcontext(None)
     experiment = check_param(cmp.get("experiment", DEFAULT_EXPERIMENT), "compare.experiment", str)
     uri = check_param(cmp.get("tracking_uri"), "compare.tracking_uri", str, allow_none=True)
+    mode = check_param(cmp.get("tracking", "required"), "compare.tracking", str, choices=("required", "optional"))
     return training_run(
         tracking_uri(".", uri),
         experiment,
@@ -126,6 +127,7 @@ def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> Abst
         key,
         tags={"infosift.variant": name, "infosift.manifest_hash": manifest_hash},
         params={f"train.{k}": v for k, v in cfg.__dict__.items()},
+        required=mode == "required",  # a tracking failure mid-training fails the stage, not a partial curve
     )
 
 
