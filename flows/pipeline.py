@@ -168,6 +168,8 @@ def pipeline(
     if ray_address:
         from infosift.scale.cluster import check_address
 
+        cluster_env()  # a SQLite store refused before any stage runs
+
         check_address(ray_address)  # before any stage runs, not hours later at the first fan-out
     if not force and up_to_date(stages):
         print(f"dvc: {', '.join(stages)} up to date; nothing to run")
@@ -197,6 +199,28 @@ def check_names() -> None:
     except StageError:  # no or unreadable params.yaml: the stages say so themselves
         return
     check_params_names(p)
+
+
+def cluster_env() -> dict[str, str]:
+    """What Ray workers need of this shell to track and judge as a `dvc repro` here would: MLflow's variables and the
+    judge key's. The store must be a server: a SQLite file is refused (TrackingError) before any stage runs."""
+    from infosift.tracking_live import check_shared_store, tracking_uri, worker_env
+    from stages._common import StageError, params
+
+    try:
+        p = params(path=str(ROOT / "params.yaml"))
+    except StageError:  # the stages say what is wrong with it
+        return {}
+    cmp = p.get("compare") if isinstance(p.get("compare"), dict) else {}
+    evaluate = p.get("evaluate") if isinstance(p.get("evaluate"), dict) else {}
+    mt = evaluate.get("mt_bench") if isinstance(evaluate.get("mt_bench"), dict) else {}
+    key_env = mt.get("judge_api_key_env", "OPENAI_API_KEY")
+    extra = (key_env,) if isinstance(key_env, str) else ()
+    if cmp.get("mlflow", True) is False:
+        return {k: os.environ[k] for k in extra if os.environ.get(k)}
+    uri = tracking_uri(ROOT, cmp.get("tracking_uri") if isinstance(cmp.get("tracking_uri"), str) else None)
+    check_shared_store(uri)
+    return worker_env(uri, extra)
 
 
 def prefect_api_error(url: str | None = None) -> str | None:
@@ -238,6 +262,7 @@ def guarded(run, ray_address: str | None = None) -> int:
         if ray_address:
             from infosift.scale.cluster import check_address
 
+            cluster_env()
             check_address(ray_address)
         run()
     except (FlowError, InfosiftError) as e:

@@ -50,6 +50,36 @@ def redacted(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=host))
 
 
+def check_shared_store(uri: str) -> None:
+    """A store that work spread over a cluster can share: a server. A SQLite file is one machine's (workers on
+    other hosts would each write their own, or break SQLite's locks on a network file system)."""
+    if not is_remote(uri):
+        raise TrackingError(
+            f"MLflow store {redacted(uri)}: with a Ray address, fine-tunes and evaluations run on other hosts, which "
+            "cannot share a local store; set compare.tracking_uri (or MLFLOW_TRACKING_URI) to an MLflow server, "
+            "or compare.mlflow: false"
+        )
+
+
+TRACKING_ENV = (  # what a worker needs to reach the driver's store as the driver does
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+    "INFOSIFT_MLFLOW_ARTIFACTS",
+)
+
+
+def worker_env(uri: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """The driver's tracking variables (``uri`` as MLFLOW_TRACKING_URI) and ``extra`` ones (the judge key's), for
+    workers that do not share the driver's shell."""
+    env = {k: os.environ[k] for k in (*TRACKING_ENV, *extra) if os.environ.get(k)}
+    return env | {"MLFLOW_TRACKING_URI": uri}
+
+
 def ui_url(uri: str, experiment_id: str) -> str:
     """The experiment's runs page on a server (opened in the model-training view), or how to browse a local store."""
     page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"

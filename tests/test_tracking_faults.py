@@ -238,3 +238,41 @@ def test_two_fine_tunes_at_once_on_a_fresh_sqlite_store_both_land(tmp_path):
     landed = runs(uri)
     assert sorted(r.info.run_name for r in landed) == ["a", "b"]
     assert all(r.info.status == "FINISHED" and r.data.metrics["train_loss"] == 0.1 for r in landed)
+
+
+def test_with_a_ray_address_a_sqlite_store_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    import flows.pipeline as fp
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(fp, "ROOT", tmp_path)
+    write_params(tmp_path, {"compare": {"mlflow": True}})
+    ran: list[int] = []
+    assert fp.guarded(lambda: ran.append(1), ray_address="auto") == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert ran == [] and len(err) == 1, err
+    assert err[0].startswith(f"error: MLflow store sqlite:///{tmp_path.resolve() / 'mlflow.db'}: with a Ray address")
+    write_params(tmp_path, {"compare": {"mlflow": False}})
+    assert fp.cluster_env() == {}  # nothing to track: nothing refused
+
+
+def test_workers_get_the_drivers_tracking_and_judge_variables_and_nothing_else(tmp_path, monkeypatch):
+    import flows.pipeline as fp
+
+    monkeypatch.setattr(fp, "ROOT", tmp_path)
+    write_params(
+        tmp_path,
+        {"compare": {"tracking_uri": "http://mlflow.team:5000"}, "evaluate": {"mt_bench": {"judge_api_key_env": "J"}}},
+    )
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+    monkeypatch.setenv("J", "sk-judge")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    assert fp.cluster_env() == {
+        "MLFLOW_TRACKING_URI": "http://mlflow.team:5000",
+        "MLFLOW_TRACKING_USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD": "pw",
+        "J": "sk-judge",
+    }
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mine:443")  # this shell's choice wins, as for a stage here
+    assert fp.cluster_env()["MLFLOW_TRACKING_URI"] == "https://mine:443"
