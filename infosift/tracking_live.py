@@ -115,6 +115,17 @@ def _reason(e: BaseException, uri: str) -> str:
         inner = str(chain[-1]).split(": ")[-1].strip(" '\")") or type(chain[-1]).__name__
         return f"cannot reach the tracking server ({inner})"
     text = " ".join(str(e).split()).replace(uri, redacted(uri))
+    for secret in (os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_TOKEN")):
+        if secret:  # should a server or a proxy echo it
+            text = text.replace(secret, "***")
+    if "error code 401" in text:  # MLflow's basic-auth app (mlflow server --app-name basic-auth)
+        return (
+            "the tracking server did not accept the credentials (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to a user of the server"
+        )
+    if "error code 403" in text:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no MLFLOW_TRACKING_USERNAME)"
+        return f"user {user} may not do this on the tracking server (HTTP 403); ask its admin for EDIT permission"
     return f"the tracking server refused the request ({text[:300]})"
 
 
@@ -162,7 +173,10 @@ def experiment_id(client, name: str, uri: str, root: str | Path = ".") -> str:
             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set another compare.experiment"
         )
     if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made before this tag: set it, never override a choice
-        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        try:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except MlflowException:  # a user who may log runs but not edit the experiment: the tag only picks a view
+            pass
     return exp.experiment_id
 
 
@@ -175,9 +189,22 @@ def connect(uri: str, experiment: str, root: str | Path = ".") -> tuple:
     from mlflow import MlflowClient
 
     check_server(uri)
-    with _store_lock(uri):
+    with _store_lock(uri), refused_as_tracking_error(uri):
         client = MlflowClient(uri)
         return client, experiment_id(client, experiment, uri, root)
+
+
+@contextmanager
+def refused_as_tracking_error(uri: str) -> Iterator[None]:
+    """An MLflow or HTTP failure inside becomes one TrackingError naming the server (a 403 names the user, never a
+    password), not a traceback."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, requests.RequestException) as e:
+        raise TrackingError(f"MLflow at {redacted(uri)}: {_reason(e, uri)}") from None
 
 
 @contextmanager
@@ -255,10 +282,11 @@ def training_run(
     from mlflow.entities import Metric, Param
 
     client, exp = connect(uri, experiment, root)
-    run = client.create_run(exp, run_name=name, tags={**(tags or {}), TRAIN_KEY_TAG: key, RUN_KIND_TAG: "training"})
-    rid = run.info.run_id
-    if params:
-        client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    with refused_as_tracking_error(uri):
+        run = client.create_run(exp, run_name=name, tags={**(tags or {}), TRAIN_KEY_TAG: key, RUN_KIND_TAG: "training"})
+        rid = run.info.run_id
+        if params:
+            client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     failed: list[str] = []
 
     def log(call: Callable[[], object], may_raise: bool = True) -> None:
