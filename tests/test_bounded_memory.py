@@ -56,3 +56,38 @@ def test_pooling_a_memory_mapped_pool_stays_within_the_result_plus_a_chunk(tmp_p
     assert whole_f32 > result + 4 * chunk  # the bound below is one the whole copy could not meet
     assert peak < result + 4 * chunk, (peak, result, chunk)
     np.testing.assert_array_equal(got, reference(f))
+
+
+def test_weighted_fishersft_reads_weights_on_the_fly_and_selects_as_a_whole_copy_did(tmp_path):
+    """fishersft-err/-unc/-len used to hold x * w for every token row (float32: 2x a float16 file); now each sentence
+    is weighted as the greedy reads it. Same products, so the same choices and gains, bit for bit."""
+    from infosift.select import get_selector
+    from infosift.select.fishersft import information_weights
+
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 60, size=1500).tolist()
+    d, tokens = 64, sum(lengths)
+    path = tmp_path / "values.npy"
+    np.save(path, rng.standard_normal((tokens, d)).astype(np.float16))
+    p_next = rng.uniform(0, 1, tokens).astype(np.float32)
+    f = pool(lengths, d, values=np.load(path, mmap_mode="r"))
+    f.p_next, f.p_sqnorm = p_next, (p_next**2 + rng.uniform(0, 0.1, tokens)).astype(np.float32)
+
+    def peak_of(weighting: str):
+        tracemalloc.start()
+        try:
+            res = get_selector("fishersft", ridge=1.0, weighting=weighting).select(f, budget=15, seed=0)
+            return res, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    _, plain = peak_of("none")  # the greedy's own state: gain batches, the factor
+    got, weighted = peak_of("error")
+    whole_f32 = tokens * d * 4
+    assert weighted < plain + whole_f32 / 2, (weighted, plain, whole_f32)  # the per-row weights, no copy of the pool
+
+    w = information_weights(f, "error")
+    copy = f.with_values(np.asarray(f.values, dtype=np.float32) * w[:, None])  # what the stage used to hold
+    want = get_selector("fishersft", ridge=1.0).select(copy, budget=15, seed=0)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.gains, want.gains)
