@@ -276,3 +276,55 @@ def test_workers_get_the_drivers_tracking_and_judge_variables_and_nothing_else(t
     }
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mine:443")  # this shell's choice wins, as for a stage here
     assert fp.cluster_env()["MLFLOW_TRACKING_URI"] == "https://mine:443"
+
+
+def test_the_finetune_stage_fails_in_one_line_when_tracking_breaks_mid_training(
+    tmp_path, monkeypatch, capsys, tiny_model_dir
+):
+    """A real (tiny) fine-tune whose store fails after its first step: one error line and no model (with
+    compare.tracking optional, training_run warns instead: the test above)."""
+    import numpy as np
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    import stages.finetune
+    from infosift.manifest import build_manifest
+    from stages._common import run
+    from tests.tiny import write_jsonl
+
+    pool = [{"id": f"r{i}", "prompt": f"tom has {i} apples ?", "response": f"tom has {i} . #### {i}", "source": "t"}
+            for i in range(6)]  # fmt: skip
+    write_jsonl(tmp_path / "data/download/pool.jsonl", pool)
+    manifest = build_manifest(variant="random", selector="random", params={}, budget=4, seed=0,
+                              ids=[r["id"] for r in pool], indices=np.arange(4), gains=None, inputs={})  # fmt: skip
+    path = tmp_path / "results/select/random-4/seed-0/manifest.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(manifest))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_params(tmp_path, {
+        "model": {"base_model": str(tiny_model_dir), "trust_remote_code": False},
+        "finetune": {"losses": ["nll"], "train": {"lr": 1e-3, "epochs": 1, "batch_size": 1, "max_length": 32}},
+        "compare": {"mlflow": True, "tracking_uri": uri},  # tracking: required, the default
+    })  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real, metric_calls = MlflowClient.log_batch, []
+
+    def flaky(self, run_id, metrics=(), params=(), tags=()):
+        if metrics:
+            metric_calls.append(1)
+            if len(metric_calls) > 1:
+                raise MlflowException("database is locked")
+        return real(self, run_id, metrics=metrics, params=params, tags=tags)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", flaky)
+    monkeypatch.setattr(sys, "argv", ["stage", "random", "4", "0", "nll"])
+    with pytest.raises(SystemExit) as exit_:
+        run(stages.finetune.main)
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]  # above it: MLflow's and tqdm's chatter
+    assert exit_.value.code == 1 and len(errors) == 1 and "Traceback" not in err, err
+    line = errors[0]
+    assert line.startswith(f"error: MLflow at {uri}: the tracking server refused the request (database is locked)")
+    assert len(metric_calls) == 2  # it stopped at the step that could not be logged, not at the end
+    assert not (tmp_path / "models/random-4-s0-nll").exists() and not list((tmp_path / "models").glob(".tmp-*"))
