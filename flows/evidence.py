@@ -30,6 +30,9 @@ import yaml
 
 from flows import supervise
 from flows.preflight import check_config_or_exit
+from infosift.atomic import atomic_output
+from infosift.errors import UnsafeNameError
+from infosift.names import check_name
 from stages._common import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +44,12 @@ COPIED = ("evidence.md", "evidence.csv", "nll_vs_tokens.png", "table.md")
 def overrides(profile: dict, pool: str, name: str | None = None) -> dict:
     """The flat key -> value overrides for one pool: shared ones, then the pool's, then profile ``name``'s."""
     pools, profiles = profile.get("pools") or {}, profile.get("profiles") or {}
+    try:  # each becomes a directory under results/evidence/ and part of an experiment's name
+        check_name(pool, f"{PROFILE.name} pool")
+        if name is not None:
+            check_name(name, f"{PROFILE.name} profile")
+    except UnsafeNameError as e:
+        raise SystemExit(f"error: {e}") from None
     if pool not in pools:
         raise SystemExit(f"error: {PROFILE.name}: unknown pool {pool!r}; known: {sorted(pools)}")
     if name is not None and name not in profiles:
@@ -75,13 +84,15 @@ def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
     t0 = time.perf_counter()
     run_retrying(cmd, f"the {pool} pool's experiment", supervise.policy(ROOT))
     seconds = time.perf_counter() - t0
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in COPIED:
-        if (ROOT / "results/compare" / f).exists():
-            shutil.copy(ROOT / "results/compare" / f, dest / f)
-    (dest / "run.json").write_text(
-        json.dumps({"pool": pool, "profile": name, "wall_seconds": round(seconds, 1), "command": cmd}, indent=1) + "\n"
-    )
+    with atomic_output(dest) as tmp:  # the whole directory replaced: no file of an older run left beside new ones
+        tmp.mkdir()
+        for f in COPIED:
+            if (ROOT / "results/compare" / f).exists():
+                shutil.copy(ROOT / "results/compare" / f, tmp / f)
+        (tmp / "run.json").write_text(
+            json.dumps({"pool": pool, "profile": name, "wall_seconds": round(seconds, 1), "command": cmd}, indent=1)
+            + "\n"
+        )
     return seconds
 
 

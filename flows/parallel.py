@@ -147,6 +147,7 @@ def run_on_ray(group: str, items: list[dict], address: str, cpus: float, gpus: f
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PYTHONPATH": os.pathsep.join(p for p in (str(CODE), os.environ.get("PYTHONPATH", "")) if p),
+        **fp.cluster_env(),  # MLflow's and the judge key's variables: workers do not share this shell
     }
     try:
         with temporary_settings({PREFECT_API_URL: api}):

@@ -212,12 +212,15 @@ def pipeline(
     become artifacts of the run.
     """
     supervise.take_signals()  # Prefect's engine put its own SIGTERM handler in place for the run
+    check_names()  # DVC puts them into the shell commands it runs
     stages = stages or dvc_stages()
     policy = flow_policy()
     supervise.set_grace(policy.stop_grace_s)
     repro = dvc_repro.with_options(retries=policy.retries, retry_delay_seconds=policy.retry_delay_s)
     if ray_address:
         from infosift.scale.cluster import check_address
+
+        cluster_env()  # a SQLite store refused before any stage runs
 
         check_address(ray_address)  # before any stage runs, not hours later at the first fan-out
     fetch = [] if force else [s for s in stages if s in always_changed()]
@@ -239,6 +242,41 @@ def pipeline(
             repro(stage, force=force)
     if "compare" in stages:
         publish_compare()
+
+
+def check_names() -> None:
+    """params.yaml's variant, loss and dataset names against the one safe pattern, before the first `dvc repro`:
+    DVC writes them into stage names and the commands it hands to a shell (as does the Ray fan-out)."""
+    from infosift.names import check_params_names
+    from stages._common import StageError, params
+
+    try:
+        p = params(path=str(ROOT / "params.yaml"))
+    except StageError:  # no or unreadable params.yaml: the stages say so themselves
+        return
+    check_params_names(p)
+
+
+def cluster_env() -> dict[str, str]:
+    """What Ray workers need of this shell to track and judge as a `dvc repro` here would: MLflow's variables and the
+    judge key's. The store must be a server: a SQLite file is refused (TrackingError) before any stage runs."""
+    from infosift.tracking_live import check_shared_store, tracking_uri, worker_env
+    from stages._common import StageError, params
+
+    try:
+        p = params(path=str(ROOT / "params.yaml"))
+    except StageError:  # the stages say what is wrong with it
+        return {}
+    cmp = p.get("compare") if isinstance(p.get("compare"), dict) else {}
+    evaluate = p.get("evaluate") if isinstance(p.get("evaluate"), dict) else {}
+    mt = evaluate.get("mt_bench") if isinstance(evaluate.get("mt_bench"), dict) else {}
+    key_env = mt.get("judge_api_key_env", "OPENAI_API_KEY")
+    extra = (key_env,) if isinstance(key_env, str) else ()
+    if cmp.get("mlflow", True) is False:
+        return {k: os.environ[k] for k in extra if os.environ.get(k)}
+    uri = tracking_uri(ROOT, cmp.get("tracking_uri") if isinstance(cmp.get("tracking_uri"), str) else None)
+    check_shared_store(uri)
+    return worker_env(uri, extra)
 
 
 def prefect_api_error(url: str | None = None) -> str | None:
@@ -274,11 +312,13 @@ def guarded(run, ray_address: str | None = None) -> int:
     from infosift.errors import InfosiftError
 
     try:
+        check_names()  # one line here, not a failed flow run's traceback
         if problem := prefect_api_error():
             raise FlowError(problem)
         if ray_address:
             from infosift.scale.cluster import check_address
 
+            cluster_env()
             check_address(ray_address)
         run()
     except (FlowError, InfosiftError) as e:

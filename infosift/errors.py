@@ -54,3 +54,7 @@ class ClusterError(InfosiftError):
 
 class RemoteError(InfosiftError):
     """A DVC remote that cannot be used (unknown, unreachable, refusing the credentials); names its URL, never a key."""
+
+
+class UnsafeNameError(InfosiftError):
+    """A variant, loss, dataset or profile name outside the one safe pattern (it becomes paths and shell words)."""

@@ -80,13 +80,28 @@ class TokenFeatures:
         """X_i: the (M_i, d) token matrix of sentence i."""
         return self.values[self.offsets[i] : self.offsets[i + 1]]
 
-    def mean_pooled(self) -> np.ndarray:
-        """(N, d) float32 mean of each sentence's tokens; an empty sentence pools to zeros."""
-        vals = np.asarray(self.values, dtype=np.float32)
-        sums = np.add.reduceat(vals, self.offsets[:-1], axis=0) if len(vals) else np.zeros((len(self), self.dim))
-        lengths = self.lengths
-        sums[lengths == 0] = 0.0  # reduceat returns the next row for empty segments
-        return (sums / np.maximum(lengths, 1)[:, None]).astype(np.float32)
+    def mean_pooled(self, chunk_bytes: int = 1 << 28) -> np.ndarray:
+        """(N, d) float32 mean of each sentence's tokens; an empty sentence pools to zeros.
+
+        Reads about ``chunk_bytes`` of float32 token rows at a time (whole sentences), so a memory-mapped pool is
+        never copied whole: peak memory is the (N, d) result plus one chunk, not 2x the file (density,
+        sentence_od and GIP pool through here).
+        """
+        n, offsets, lengths = len(self), self.offsets, self.lengths
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        chunk_rows = max(1, chunk_bytes // max(4 * self.dim, 1))
+        s = 0
+        while s < n:
+            last = int(np.searchsorted(offsets, offsets[s] + chunk_rows, side="right")) - 1  # sentences that fit
+            e = min(max(last, s + 1), n)
+            lo, hi = int(offsets[s]), int(offsets[e])
+            full = np.flatnonzero(lengths[s:e])  # an empty sentence has no start row reduceat could use
+            if len(full):
+                vals = np.asarray(self.values[lo:hi], dtype=np.float32)
+                sums = np.add.reduceat(vals, offsets[s:e][full] - lo, axis=0)
+                out[s + full] = (sums / lengths[s:e][full][:, None]).astype(np.float32)
+            s = e
+        return out
 
     def subset(self, indices: np.ndarray | list[int]) -> TokenFeatures:
         """A new TokenFeatures holding only the given sentences, in the given order."""

@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,15 +22,17 @@ from pathlib import Path
 import yaml
 
 from infosift.data import read_records
-from infosift.errors import DataError
+from infosift.errors import DataError, TrackingError
 from infosift.hashing import file_sha256
 from infosift.manifest import content_hash
 from infosift.tracking_live import (
     DEFAULT_EXPERIMENT,
     PARENT_TAG,
     TRAIN_KEY_TAG,
+    _reason,
     connect,
     find_training_run,
+    redacted,
     tracking_uri,
     ui_url,
 )
@@ -288,16 +291,56 @@ def log_pipeline(
     register ``champion``'s model, when it was logged, as a new version carrying the alias 'champion'.
 
     A variant whose fine-tune logged its loss live (same train key, not yet taken in) reuses that run.
+
+    All or nothing: when any call fails, what this call did is undone (its runs deleted, the training runs it
+    took in handed back untagged and FINISHED, a registered version removed, the alias put back), so a retry
+    finds the store as before; an MLflow or HTTP failure is then one TrackingError naming the server.
     """
     import mlflow
+    import requests
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(root, uri)
     client, exp_id = connect(uri, experiment, root)
     mlflow.set_tracking_uri(uri)
+    undo: list[tuple[str, Callable[[], object]]] = []
+    try:
+        return _log_pipeline(
+            client, exp_id, uri, undo, run_name, params, tags, variants, artifacts, root, metrics, datasets, champion,
+            trust_remote_code,
+        )  # fmt: skip
+    except BaseException as e:
+        left = _roll_back(undo)
+        if isinstance(e, MlflowException | requests.RequestException):
+            undone = f"; could not undo: {', '.join(left)}" if left else "; nothing of this run was kept"
+            raise TrackingError(f"MLflow at {redacted(uri)}: {_reason(e, uri)}{undone}") from None
+        raise
+
+
+def _roll_back(undo: list[tuple[str, Callable[[], object]]]) -> list[str]:
+    """Run the undo steps, newest first, each on its own (one that fails does not stop the rest); the failed ones'
+    descriptions are returned."""
+    left = []
+    for what, step in reversed(undo):
+        try:
+            step()
+        except Exception:  # the server that failed the logging may refuse this too: say so, keep going
+            left.append(what)
+    return left
+
+
+def _log_pipeline(
+    client, exp_id, uri, undo, run_name, params, tags, variants, artifacts, root, metrics, datasets, champion,
+    trust_remote_code,
+) -> Logged:  # fmt: skip
+    """log_pipeline's work; each change it makes to the store is paired with its undo in ``undo`` first."""
+    import mlflow
+
     read: dict[DatasetRef, object] = {}
     models: dict[str, str] = {}
     with mlflow.start_run(run_name=run_name, experiment_id=exp_id) as parent:
         parent_id = parent.info.run_id
+        undo.append((f"delete run {parent_id}", lambda: client.delete_run(parent_id)))
         mlflow.log_params({k: str(v)[:6000] for k, v in _flat(params).items()})
         mlflow.set_tags(tags | ({"infosift.champion": champion.variant} if champion else {}))
         if metrics:
@@ -309,9 +352,13 @@ def log_pipeline(
             live = find_training_run(client, exp_id, key) if key else None
             if live is not None:
                 start = {"run_id": live.info.run_id, "tags": {PARENT_TAG: parent_id}}
+                undo.append((f"untag run {live.info.run_id}", _hand_back(client, live.info.run_id)))
             else:
                 start = {"run_name": v.name, "experiment_id": exp_id}
-            with mlflow.start_run(nested=True, **start):
+            with mlflow.start_run(nested=True, **start) as nested:
+                if live is None:
+                    rid = nested.info.run_id
+                    undo.append((f"delete run {rid}", lambda rid=rid: client.delete_run(rid)))
                 mlflow.log_params({k: str(x)[:6000] for k, x in _flat(v.params).items()})
                 mlflow.set_tags({**tags, **v.tags})
                 mlflow.log_metrics({k: float(x) for k, x in v.metrics.items() if isinstance(x, int | float)})
@@ -327,9 +374,20 @@ def log_pipeline(
         if champion is not None and champion.variant in models:
             key = next((v.tags.get(TRAIN_KEY_TAG) for v in variants if v.name == champion.variant), None)
             dataset = tags.get("infosift.dataset", "")
-            version = _register(client, champion, models[champion.variant], key, parent_id, dataset)
+            version = _register(client, champion, models[champion.variant], key, parent_id, dataset, undo)
             mlflow.set_tag("infosift.champion_version", version)
     return Logged(parent_id, exp_id, ui_url(uri, exp_id), models, version)
+
+
+def _hand_back(client, run_id: str) -> Callable[[], None]:
+    """Undo taking a live training run in: no parent tag, FINISHED again (the failed nested block marked it
+    FAILED), so the next compare finds it as find_training_run looks for it."""
+
+    def step() -> None:
+        client.delete_tag(run_id, PARENT_TAG)
+        client.set_terminated(run_id, "FINISHED")
+
+    return step
 
 
 def _log_artifacts(artifacts: dict[str, str]) -> None:
@@ -406,11 +464,20 @@ def _log_transformers(v: VariantRun, trust_remote_code: bool) -> str:
     return info.model_uri
 
 
-def _register(client, champion: Champion, model_uri: str, key: str | None, parent_id: str, dataset: str) -> str:
+def _register(
+    client,
+    champion: Champion,
+    model_uri: str,
+    key: str | None,
+    parent_id: str,
+    dataset: str,
+    undo: list | None = None,
+) -> str:
     """A new version of the dataset's registered model; the 'champion' alias moves to it, older versions stay.
 
     When the current champion is the same fine-tune (same train key: a compare rerun for another reason),
-    its version stays the champion and no duplicate version is made.
+    its version stays the champion and no duplicate version is made. ``undo`` gets the steps that take the
+    new version out and put the alias back.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -432,6 +499,13 @@ def _register(client, champion: Champion, model_uri: str, key: str | None, paren
             **({TRAIN_KEY_TAG: key} if key else {}),
         },
     )
+    name, undo = champion.registered_name, undo if undo is not None else []
+    undo.append((f"delete version {mv.version} of {name}", lambda: client.delete_model_version(name, mv.version)))
+    if current is not None:
+        back = current.version
+        undo.append(
+            (f"alias champion of {name}", lambda: client.set_registered_model_alias(name, CHAMPION_ALIAS, back))
+        )
     client.set_registered_model_alias(champion.registered_name, CHAMPION_ALIAS, mv.version)
     client.set_registered_model_tag(champion.registered_name, "infosift.dataset", dataset)
     return str(mv.version)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
+from collections.abc import Callable
 from itertools import product
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pandas as pd
 
 from infosift.compare import plot_metric, results_table, to_markdown
 from infosift.data import dataset_name, read_rows
-from infosift.errors import DataError
+from infosift.errors import DataError, TrackingError
 from infosift.evidence import (
     ModelResult,
     control_lines,
@@ -32,6 +34,7 @@ from infosift.evidence import (
     verdict_lines,
 )
 from infosift.manifest import read_json_object, read_manifest
+from infosift.names import check_params_names
 from infosift.plots import not_computed
 from infosift.tracking import (
     Champion,
@@ -59,6 +62,7 @@ from stages._common import (
 )
 
 OUT = Path("results/compare")
+TRACKING = ("required", "optional")  # compare.tracking: may a tracking failure mid-run fail the stage (finetune too)
 METRICS = {  # metric -> lower is better
     "nll_per_token": True,
     "gsm8k_exact_match_strict": False,
@@ -117,6 +121,7 @@ def matrix_params(mlflow: bool) -> None:
     from infosift.losses import available_losses  # imports torch: only now, not for every import of this stage
 
     sel, ft = params("select"), params("finetune")  # a missing or non-mapping section: one line naming it
+    check_params_names({"select": sel, "finetune": ft, "download": params("download") if mlflow else {}})
     variants = sel.get("variants")
     choices = tuple(variants) if isinstance(variants, dict) and variants else None
     check_items(sel.get("run"), "select.run", str, choices=choices)
@@ -236,7 +241,9 @@ def write_evidence(out: Path, rows: list[dict], all_params: dict, n_boot: int, u
 
 def check_compare_params(cfg: dict) -> None:
     """compare's params, checked before anything is read or written."""
-    check_keys(cfg, "compare", {"bootstrap", "mlflow", "experiment", "log_models", "tracking_uri", "champion_metric"})
+    known = {"bootstrap", "mlflow", "experiment", "log_models", "tracking_uri", "champion_metric", "tracking"}
+    check_keys(cfg, "compare", known)
+    check_param(cfg.get("tracking", "required"), "compare.tracking", str, choices=TRACKING)
     check_param(cfg.get("bootstrap", 2000), "compare.bootstrap", int, low=100)
     check_param(cfg.get("mlflow", True), "compare.mlflow", bool)
     log_models = cfg.get("log_models", True)
@@ -278,16 +285,35 @@ def main(argv: list[str]) -> None:
         summary = {r["variant"]: {m: r[m] for m in METRICS if m in r} for r in rows}
         parent_metrics = write_evidence(tmp, rows, all_params, int(cfg.get("bootstrap", 2000)), unit)
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # logged before the outputs are committed: a tracking failure leaves neither (log_pipeline undoes its part),
+        # so the retry DVC makes finds the store and the workspace as they were
+        logged = tracked(lambda: log_to_mlflow(rows, all_params, cfg, parent_metrics, champion, tmp), cfg)
     print(to_markdown(df))
     print((OUT / "evidence.md").read_text())
-    if cfg.get("mlflow", True):
-        log_to_mlflow(rows, all_params, cfg, parent_metrics, champion)
+    for line in logged:
+        print(line)
+
+
+def tracked(log: Callable[[], list[str]], cfg: dict) -> list[str]:
+    """What ``log`` prints, or nothing when MLflow is off; with compare.tracking optional, a tracking failure is a
+    warning and the outputs are kept."""
+    if not cfg.get("mlflow", True):
+        return []
+    try:
+        return log()
+    except TrackingError as e:
+        if cfg.get("tracking", "required") != "optional":
+            raise
+        print(f"warning: {e} (compare.tracking: optional, so the results are kept)", file=sys.stderr)
+        return []
 
 
 def log_to_mlflow(
-    rows: list[dict], all_params: dict, cfg: dict, parent_metrics: dict, champion: Champion | None
-) -> None:
-    """One parent run for this pipeline run, a nested run per model, datasets, models and the champion's version."""
+    rows: list[dict], all_params: dict, cfg: dict, parent_metrics: dict, champion: Champion | None, out: Path = OUT
+) -> list[str]:
+    """One parent run for this pipeline run, a nested run per model, datasets, models and the champion's version;
+    ``out`` holds compare's results (logged as artifacts). Returns the lines to print once the results are in place.
+    """
     lock = dvc_lock_hashes()
     dataset = dataset_name(all_params["download"]["dataset"])  # a file's stem, not its path: gsm8k stays gsm8k
     tags = {
@@ -308,7 +334,7 @@ def log_to_mlflow(
         },
         tags=tags,
         variants=mlflow_variants(rows, all_params, lock, cfg.get("log_models", True), champion, data),
-        artifacts={"compare": str(OUT), "data_manifest": "data/download/manifest.json"},
+        artifacts={"compare": str(out), "data_manifest": "data/download/manifest.json"},
         experiment=cfg.get("experiment", "infosift"),
         metrics=parent_metrics,
         datasets=list(data.values()),
@@ -316,12 +342,13 @@ def log_to_mlflow(
         champion=champion,
         trust_remote_code=bool(all_params["model"].get("trust_remote_code", False)),
     )
-    print(f"compare: MLflow parent run {logged.run_id}; browse: {logged.url}")
+    lines = [f"compare: MLflow parent run {logged.run_id}; browse: {logged.url}"]
     if logged.champion_version:
-        print(
+        lines.append(
             f"compare: {champion.variant} ({champion.metric} {champion.value:.4g}) is version "
             f"{logged.champion_version} of {champion.registered_name}, alias champion"
         )
+    return lines
 
 
 def mlflow_variants(

@@ -20,6 +20,7 @@ from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judge
 from infosift.evaluate.answer_span import compile_pattern
 from infosift.evaluate.gsm8k import write_task_file
 from infosift.models import ADAPTER_CONFIG, adapter_base, check_model_dir, model_fingerprint
+from infosift.names import check_name
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
 from stages.model import base_model_dir, model_params, trust_remote_code
 
@@ -63,7 +64,7 @@ def checked_params() -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise StageError("usage: python -m stages.evaluate NAME   (NAME = base or <variant>-<budget>-<loss>)")
-    name = argv[0]
+    name = check_name(argv[0], "evaluate NAME")  # a path component of models/ and results/evaluate/
     p = checked_params()
     mt = p.get("mt_bench") or {}
     trust = trust_remote_code()

@@ -20,6 +20,7 @@ from infosift.errors import InfosiftError
 from infosift.losses import available_losses
 from infosift.manifest import content_hash, read_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
+from infosift.names import check_name
 from infosift.tracking_live import DEFAULT_EXPERIMENT, tracking_uri, training_run
 from infosift.train import SAVE_MODES, TrainConfig, finetune
 from stages._common import (
@@ -134,6 +135,7 @@ def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> Abst
         return nullcontext(None)
     experiment = check_param(cmp.get("experiment", DEFAULT_EXPERIMENT), "compare.experiment", str)
     uri = check_param(cmp.get("tracking_uri"), "compare.tracking_uri", str, allow_none=True)
+    mode = check_param(cmp.get("tracking", "required"), "compare.tracking", str, choices=("required", "optional"))
     return training_run(
         tracking_uri(".", uri),
         experiment,
@@ -141,6 +143,7 @@ def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> Abst
         key,
         tags={"infosift.variant": name, "infosift.manifest_hash": manifest_hash},
         params={f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
+        required=mode == "required",  # a tracking failure mid-training fails the stage, not a partial curve
     )
 
 
@@ -170,6 +173,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 4:
         raise StageError("usage: python -m stages.finetune VARIANT BUDGET SEED LOSS")
     variant, budget, seed, loss = argv[0], whole_number(argv[1], "budget"), whole_number(argv[2], "seed"), argv[3]
+    check_name(variant, "finetune VARIANT")  # a path component of models/ and results/finetune/
     if loss not in LOSSES:
         raise StageError(f"unknown loss_type {loss!r}; use one of {', '.join(LOSSES)}")
     ft = checked_finetune_params(params("finetune"))

@@ -27,6 +27,7 @@ import numpy as np
 from infosift.errors import SelectionError
 from infosift.features import TokenFeatures
 from infosift.manifest import build_manifest, path_sha256
+from infosift.names import check_name
 from infosift.quality import SCORES, load_quality
 from infosift.queries import QuerySource, get_query, query_options
 from infosift.select import distributable, get_selector
@@ -118,7 +119,7 @@ def checked_variant(name: str, p: dict) -> tuple[str, list[int], tuple]:
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise StageError("usage: python -m stages.select VARIANT BUDGET")
-    name, budget = argv[0], whole_number(argv[1], "budget")
+    name, budget = check_name(argv[0], "select VARIANT"), whole_number(argv[1], "budget")
     p = params("select")
     unit, seeds, (selector_name, sel_params, query, query_cfg, query_kind, selector, filt) = checked_variant(name, p)
     features = TokenFeatures.load(FEATURES / "pool", mmap=True)

@@ -222,9 +222,99 @@ def test_bad_settings_fail_before_any_request(options, message):
         get_judge("api", **options)
 
 
-def test_userinfo_in_the_url_is_redacted():
-    judge = ApiJudge("http://user:pw@127.0.0.1:8000/v1", "m")
-    assert judge.name == "api:m@http://127.0.0.1:8000/v1" and "pw" not in judge.where
+class Redirector:
+    """Answers every POST with ``code`` and Location: ``location``, counting what it was sent."""
+
+    def __init__(self, code: int, location: str):
+        self.requests: list[dict] = []
+        me = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                self.rfile.read(int(self.headers["Content-Length"]))
+                me.requests.append({"path": self.path, "headers": dict(self.headers)})
+                self.send_response(code)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_the_second_server_never_sees_the_key(server, monkeypatch, code):
+    """urllib follows a 30x by default and resends Authorization; the judge stops at the first server."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    first = Redirector(code, f"{server.base_url}/chat/completions?leak=1")
+    try:
+        with pytest.raises(JudgeError) as err:
+            ApiJudge(first.base_url, "m", api_key_env=KEY_ENV, delays=NO_WAIT)("p")
+    finally:
+        first.close()
+    assert len(first.requests) == 1 and first.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert server.requests == []  # the second server saw nothing at all, so certainly no Authorization
+    message = str(err.value)
+    assert f"HTTP {code} redirect to {server.base_url}/chat/completions not followed" in message
+    assert "leak" not in message and SECRET not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:Pa55w0rdZ@127.0.0.1/v1",  # no port: urllib's own error would carry the password
+        "https://user:Pa55w0rdZ@judge.example:8443/v1",
+        "http://Pa55w0rdZ@127.0.0.1:8000/v1",
+        "http://user:Pa/55w0rdZ@127.0.0.1/v1",  # a '/' in the password moves the '@' out of the netloc
+    ],
+)
+def test_userinfo_in_the_url_is_refused_without_echoing_it(url):
+    with pytest.raises(JudgeError, match="user:password@ in the URL is refused") as err:
+        get_judge("api", base_url=url, model="m")
+    assert "Pa55w0rdZ" not in str(err.value) and "55w0rdZ" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_query_in_the_url_is_refused_without_echoing_it():
+    with pytest.raises(JudgeError, match="query or #fragment is refused") as err:
+        get_judge("api", base_url="https://judge.example/v1?api_key=Pa55w0rdZ", model="m")
+    assert "Pa55w0rdZ" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://judge.example/v1", "http://10.0.0.7:8000/v1", "http://127.0.0.1.nip.io/v1"])
+def test_a_key_over_plain_http_goes_only_to_loopback(url, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with pytest.raises(JudgeError, match=re.escape("a key goes over plain http only to a loopback host")) as err:
+        ApiJudge(url, "m", api_key_env=KEY_ENV)
+    assert SECRET not in str(err.value) and KEY_ENV in str(err.value)
+    monkeypatch.delenv(KEY_ENV)
+    assert ApiJudge(url, "m", api_key_env=KEY_ENV).name == f"api:m@{url}"  # no key: nothing to leak
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/v1", "http://127.3.2.1/v1", "http://[::1]:8000/v1",
+                                 "http://localhost:8000/v1", "https://judge.example/v1"])  # fmt: skip
+def test_a_key_is_accepted_over_https_or_to_loopback(url, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    assert ApiJudge(url, "m", api_key_env=KEY_ENV).where == f"{url}/chat/completions"
+
+
+@pytest.mark.server
+def test_an_endless_reply_is_cut_off_with_one_error(server, monkeypatch):
+    import infosift.evaluate.judge_api as judge_api
+
+    monkeypatch.setattr(judge_api, "MAX_REPLY_BYTES", 1000)
+    server.default = lambda body: (200, completion("x" * 2000))
+    with pytest.raises(JudgeError, match="reply longer than 1000 bytes") as err:
+        ApiJudge(server.base_url, "m", api_key_env=KEY_ENV, delays=NO_WAIT)("p")
+    assert server.base_url in str(err.value) and len(server.requests) == 1
 
 
 # ---------------------------------------------------------------- the stage
@@ -278,3 +368,18 @@ def test_stage_rejects_incomplete_api_judge_settings(
     assert (
         proc.returncode == EXIT_BAD_INPUT and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     ), proc.stderr
+
+
+def test_stage_with_a_password_in_the_judge_url_says_so_once_and_never_echoes_it(
+    tmp_path, tiny_model_dir, gsm_records, mt_files
+):
+    """urllib's own error for user:password@host with no port quotes the password; the stage never reaches it."""
+    url = "http://user:Pa55w0rdZ@127.0.0.1/v1"
+    mt = {"judge": "api", "judge_base_url": url, "judge_model": "judge-model", "judge_api_key_env": KEY_ENV}
+    cwd = stage_workspace(tmp_path, tiny_model_dir, gsm_records, mt_files, mt)
+    proc = run_stage(cwd, "stages.evaluate", "m")
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "user:password@ in the URL is refused" in lines[0], proc.stderr
+    assert "Pa55w0rdZ" not in proc.stderr + proc.stdout and SECRET not in proc.stderr + proc.stdout
+    assert not (cwd / "results/evaluate/m").exists() and not (cwd / ".cache/judge").exists()

@@ -22,13 +22,14 @@ from typing import NamedTuple
 from infosift.atomic import atomic_write_text
 from infosift.data import MTBenchFiles, read_mt_bench
 from infosift.evaluate.hf import greedy_chat, load_causal_lm
+from infosift.evaluate.judge_api import ApiJudge
+from infosift.evaluate.rating import parse_rating
 
 LABEL = "MT-Bench-style (first turn, own judge), not comparable to published MT-Bench"
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")  # MT-Bench judges these against a reference
 
 Judge = Callable[[str], float | None]  # judge prompt -> rating, or None when unparseable
 
-_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _WORD = re.compile(r"\w+")
 
 
@@ -41,14 +42,6 @@ def spread_over_categories(questions: list[dict], limit: int | None) -> list[dic
     rounds = max((len(v) for v in by_cat.values()), default=0)
     mixed = [v[i] for i in range(rounds) for v in by_cat.values() if i < len(v)]
     return mixed[:limit]
-
-
-def parse_rating(text: str) -> float | None:
-    """The last '[[x]]' with 1 <= x <= 10 in the judge's reply; None when there is none."""
-    for m in reversed(_RATING.findall(text)):
-        if 1.0 <= float(m) <= 10.0:
-            return float(m)
-    return None
 
 
 def judge_prompt(templates: dict[str, str], question: dict, answer: str, reference: str | None) -> str:
@@ -195,8 +188,6 @@ def api_judge(
 
     ``client``: further ApiJudge arguments (max_tokens, timeout, delays, sleep).
     """
-    from infosift.evaluate.judge_api import ApiJudge  # here: judge_api imports parse_rating from this module
-
     if base_url is None or model is None:
         raise ValueError("judge='api' needs judge_options base_url and model")
     judge = ApiJudge(base_url, model, api_key_env, cache_dir, **client)

@@ -146,12 +146,33 @@ def information_weights(features: TokenFeatures, weighting: str) -> np.ndarray |
 
 
 def reweighted(features: TokenFeatures, weighting: str) -> TokenFeatures:
-    """The same sentences with each token row x_ij scaled by its information weight w_ij."""
+    """The same sentences with each token row x_ij scaled by its information weight w_ij (on read: see Weighted)."""
     w = information_weights(features, weighting)
     if w is None:
         return features
-    dtype = np.result_type(features.values.dtype, np.float32)  # float64 stays float64 (near-ties, tests)
-    return features.with_values(np.asarray(features.values, dtype=dtype) * w[:, None].astype(dtype))
+    return Weighted(features, w)
+
+
+class Weighted(TokenFeatures):
+    """Token rows x_ij * w_ij, computed as each sentence is read: the greedy reads sentences only, so a weighted
+    variant holds no (total_tokens, d) float32 copy of the pool (2x a float16 memory-mapped file) beside the
+    plain one. The products are those a whole-pool copy would hold, bit for bit."""
+
+    def __init__(self, features: TokenFeatures, w: np.ndarray):
+        f = features
+        super().__init__(f.values, f.offsets, f.ids, f.costs, f.p_next, f.p_sqnorm)
+        self.dtype = np.result_type(f.values.dtype, np.float32)  # float64 stays float64 (near-ties, tests)
+        self.w = np.asarray(w).astype(self.dtype)
+
+    def sentence(self, i: int) -> np.ndarray:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return np.asarray(self.values[a:b], dtype=self.dtype) * self.w[a:b, None]
+
+    def subset(self, indices):  # noqa: ANN001, ANN201 (TokenFeatures' signature)
+        raise TypeError("weighted features are read sentence by sentence; subset the unweighted ones, then weight")
+
+    def mean_pooled(self, chunk_bytes: int = 1 << 28):  # noqa: ANN201
+        raise TypeError("weighted features are read sentence by sentence; pool the unweighted ones")
 
 
 @register("fishersft")
