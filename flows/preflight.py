@@ -106,14 +106,16 @@ def check_select() -> None:
 
 
 def check_finetune() -> None:
-    from infosift.train import TrainConfig
+    """finetune's own keys, then every loss's TrainConfig (trainer arguments by name and type, LoRA, P), then what
+    this machine can run (processes, QLoRA, bf16): the checks the stage makes before it loads a model."""
     from stages._common import check_items, params
-    from stages.finetune import LOSSES, check_loss_p, checked_train_params
+    from stages.finetune import LOSSES, check_processes, checked_finetune_params, train_config
+    from stages.model import model_params
 
-    ft = params("finetune")
-    train = checked_train_params(ft)
-    for loss in check_items(ft.get("losses"), "finetune.losses", str, choices=LOSSES):
-        check_loss_p(loss, train.get("infosft_p", TrainConfig.infosft_p))
+    ft = checked_finetune_params(params("finetune"))
+    mp = model_params() if "model" in params() else {}
+    for loss in check_items(ft.get("losses", ["nll"]), "finetune.losses", str, choices=LOSSES):
+        check_processes(int(ft.get("processes", 1)), train_config(ft, loss, 0), mp)
     check_model()
 
 

@@ -116,6 +116,7 @@ def test_the_evidence_flow_replaces_a_pools_results_whole(tmp_path, monkeypatch)
 
     monkeypatch.setattr(evidence, "ROOT", tmp_path)
     monkeypatch.setattr(evidence, "OUT", tmp_path / "results" / "evidence")
+    monkeypatch.setattr(evidence, "run_retrying", lambda *a, **k: None)  # the experiment itself is not the point
     monkeypatch.setattr(subprocess, "run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, 0))
     compare = tmp_path / "results" / "compare"
     compare.mkdir(parents=True)
