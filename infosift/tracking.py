@@ -127,9 +127,14 @@ def numeric(metrics: dict) -> dict:
 
 
 def train_key(model_dir: str | Path) -> str | None:
-    """The content hash of what made a fine-tuned model (its infosift.json): the tag finetune's live run carries."""
+    """The content hash of what made a fine-tuned model (its infosift.json less ``trained``, what the run reported
+    once it ended): the tag finetune's live run carries from its start."""
     path = Path(model_dir) / "infosift.json"
-    return content_hash(json.loads(path.read_text())) if path.exists() else None
+    if not path.exists():
+        return None
+    made = json.loads(path.read_text())
+    made.pop("trained", None)
+    return content_hash(made)
 
 
 def base_run(model: object, metrics: dict, root: str | Path = ".", datasets: list[DatasetRef] = ()) -> VariantRun:

@@ -219,11 +219,10 @@ def main(argv: list[str]) -> None:
                 model, tokenizer = loaded
                 result = finetune(model, tokenizer, records, tmp, cfg, checkpoint_dir=checkpoints, on_step=on_step)
             if main_rank:
-                provenance.update(
-                    n_examples=result.n_examples, n_truncated=result.n_truncated, n_empty=result.n_empty,
-                    resumed_from=result.resumed_from, engine=engine, processes=n_proc,
-                )  # fmt: skip
-                (tmp / "infosift.json").write_text(json.dumps(provenance, indent=2) + "\n")
+                trained = {"n_examples": result.n_examples, "n_truncated": result.n_truncated,
+                           "n_empty": result.n_empty, "engine": engine, "processes": n_proc}  # fmt: skip
+                # "trained" is what the run reports; the rest is what made the model (tracking.train_key's hash)
+                (tmp / "infosift.json").write_text(json.dumps({**provenance, "trained": trained}, indent=2) + "\n")
     if not main_rank:
         return
     history = result.history
@@ -236,6 +235,8 @@ def main(argv: list[str]) -> None:
     note = f", {result.n_truncated} cut at max_length" if result.n_truncated else ""
     note += f", {result.n_empty} left out (no assistant token within max_length)" if result.n_empty else ""
     final = f"final loss {history[-1]['loss']:.4f}" if history else "no steps logged"
+    if result.resumed_from:
+        final += f" (resumed from {result.resumed_from})"
     print(f"finetune: {name} on {result.n_examples} examples{note}, {len(history)} steps, {final}")
 
 
