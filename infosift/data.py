@@ -15,6 +15,7 @@ ids to file-and-block-derived ones; we do not).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -91,41 +92,43 @@ def parse_json(raw: bytes, path: str | Path) -> object:
         raise DataError(f"{path}: JSON nested too deeply to read") from None
 
 
+MAX_LINE_BYTES = 64 * 2**20  # one JSONL row (a conversation); a longer line is an error, not a memory spike
+MAX_JSON_BYTES = 1 * 2**30  # a .json list is parsed whole: past this, JSONL or Parquet (both streamed)
+PARQUET_BATCH = 1024  # rows per Parquet record batch read
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, row) from a .jsonl, .json (list of objects) or .parquet file."""
+    """Yield (line_number, row) from a .jsonl, .json (list of objects) or .parquet file.
+
+    JSONL is read a line at a time, each at most MAX_LINE_BYTES, and Parquet a record batch at a time, so memory
+    is bounded by one row (or batch), not by the file; a .json list, which must be parsed whole, is refused past
+    MAX_JSON_BYTES.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise DataError(f"{path}: file is empty")
     if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
-        for i, row in enumerate(table.to_pylist(), start=1):
-            yield i, _as_object(row, path, i)
+        yield from _parquet_rows(path)
         return
-    raw = path.read_bytes()
     if path.suffix == ".json":
-        rows = parse_json(raw, path)
+        if size > MAX_JSON_BYTES:
+            raise DataError(f"{path}: a .json list of {size / 2**30:.1f} GiB is read whole; write it as JSONL")
+        rows = parse_json(path.read_bytes(), path)
         if not isinstance(rows, list):
             raise DataError(f"{path}: a .json dataset must be a list of objects")
         for i, row in enumerate(rows, start=1):
             yield i, _as_object(row, path, i)
         return
-    if raw.lstrip()[:1] == b"[":
-        raise DataError(
-            f"{path}:1: this is a JSON array, but JSONL expects one JSON object per line "
-            "(rename it to .json, or write one object per line)"
-        )
     n = 0
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in _jsonl_lines(path):
+        if n == 0 and line.lstrip()[:1] == b"[":
+            raise DataError(
+                f"{path}:1: this is a JSON array, but JSONL expects one JSON object per line "
+                "(rename it to .json, or write one object per line)"
+            )
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -140,6 +143,35 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         yield lineno, _as_object(row, path, lineno)
     if n == 0:
         raise DataError(f"{path}: no records (only blank lines)")
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each non-blank line, read one line at a time with a cap (MAX_LINE_BYTES)."""
+    with path.open("rb") as f:
+        for lineno in itertools.count(1):
+            line = f.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                raise DataError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES // 2**20} MiB (the per-row limit)")
+            if line.strip():
+                yield lineno, line
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Rows of a Parquet file, a record batch at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH)
+        i = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                i += 1
+                yield i, _as_object(row, path, i)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]})") from None
 
 
 def _as_object(row: object, path: Path, lineno: int) -> dict:

@@ -151,3 +151,27 @@ def test_unrecognised_layouts_are_one_clear_error(tmp_path, row, message):
     path.write_text(json.dumps(row) + "\n")
     with pytest.raises(DataError, match=message):
         load_file(path, dataset_spec("unseen"))
+
+
+def test_a_jsonl_line_past_the_per_row_limit_is_one_error_naming_it(tmp_path, monkeypatch):
+    import infosift.data as data
+
+    monkeypatch.setattr(data, "MAX_LINE_BYTES", 64)
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "q", "answer": "a"}\n' + '{"question": "' + "x" * 100 + '", "answer": "a"}\n')
+    rows = data.read_rows(path)
+    assert next(rows)[0] == 1  # the first line is read before the second is
+    with pytest.raises(DataError, match=r"train.jsonl:2: line longer than 0 MiB \(the per-row limit\)"):
+        next(rows)
+
+
+def test_parquet_is_read_a_batch_at_a_time(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import infosift.data as data
+
+    monkeypatch.setattr(data, "PARQUET_BATCH", 2)
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    assert [r for _, r in data.read_rows(tmp_path / "t.parquet")] == rows
