@@ -15,10 +15,11 @@ import json
 from pathlib import Path
 
 from infosift.data import MTBenchFiles, mt_bench_files, read_examples, read_mt_bench
-from infosift.errors import DataError, ModelResolutionError
+from infosift.errors import DataError, JudgeError, ModelResolutionError
 from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judged
 from infosift.evaluate.answer_span import compile_pattern
 from infosift.evaluate.gsm8k import write_task_file
+from infosift.evaluate.judge_api import check_url
 from infosift.models import ADAPTER_CONFIG, adapter_base, check_model_dir, model_fingerprint
 from infosift.names import check_name
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
@@ -159,7 +160,11 @@ def check_mt_bench(mt: dict) -> None:
     check_param(mt.get("dir", ""), "evaluate.mt_bench.dir", str)
     judge = check_param(mt.get("judge", "overlap"), "evaluate.mt_bench.judge", str, choices=tuple(JUDGES))
     if judge == "api":
-        check_param(mt.get("judge_base_url"), "evaluate.mt_bench.judge_base_url", str)
+        url = check_param(mt.get("judge_base_url"), "evaluate.mt_bench.judge_base_url", str)
+        try:  # now, not after held-out NLL and GSM8K have run
+            check_url(url)
+        except JudgeError as e:
+            raise StageError(f"params.yaml evaluate.mt_bench.{e}") from None
         model = check_param(mt.get("judge_model"), "evaluate.mt_bench.judge_model", str)
         if model == "base":
             raise StageError("params.yaml evaluate.mt_bench.judge_model: judge=api needs the server's model name")

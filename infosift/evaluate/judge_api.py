@@ -74,12 +74,12 @@ class ApiJudge:
         delays: Sequence[float] = DELAYS,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        _check_url(base_url)
+        check_url(base_url)
         if not model:
             raise JudgeError(f"judge at {base_url}: needs a model name")
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
         self.url = self.base_url + "/chat/completions"
-        self.where = self.url  # no secret in it: _check_url refused userinfo, query and fragment
+        self.where = self.url  # no secret in it: check_url refused userinfo, query and fragment
         self.name = f"api:{model}@{self.base_url}"
         self.max_tokens, self.timeout, self.delays, self.sleep = max_tokens, timeout, tuple(delays), sleep
         self.cache = ReplyCache(cache_dir) if cache_dir is not None else None
@@ -171,7 +171,7 @@ class ApiJudge:
         return text.replace(self._key, "***") if self._key else text
 
 
-def _check_url(url: str) -> None:
+def check_url(url: str) -> None:
     """http(s)://host[:port]/path and nothing that could hold a secret: no user:password@, no ?query, no #fragment.
 
     The URL becomes the judge's name (metrics, dvc.lock, MLflow), so a URL that could carry a secret is refused
