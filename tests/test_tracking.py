@@ -224,3 +224,15 @@ def test_compare_with_an_unreachable_server_ends_in_one_error_line(tmp_path):
     assert "pw" not in lines[0]
     assert time.monotonic() - start < 30  # MLflow's own retries would take minutes
     assert not (tmp_path / "results").exists()  # failed before computing anything
+
+
+def test_train_key_is_what_made_the_model_not_what_the_run_reported(tmp_path):
+    """finetune tags its live run with the hash of its provenance before training; what training reports after
+    ('trained': examples, truncation, processes) must not change the key compare recomputes to find that run."""
+    from infosift.tracking import train_key
+
+    made = {"base_fingerprint": "b", "manifest_hash": "m", "train_config": {"seed": 0}}
+    (tmp_path / "infosift.json").write_text(json.dumps({**made, "trained": {"n_examples": 4, "processes": 2}}))
+    assert train_key(tmp_path) == content_hash(made)
+    (tmp_path / "infosift.json").write_text(json.dumps({**made, "manifest_hash": "other"}))
+    assert train_key(tmp_path) != content_hash(made)
