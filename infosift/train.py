@@ -115,6 +115,9 @@ class TrainConfig:
         if "use_cpu" not in self.args:  # the CPU where no GPU is, as transformers would not assume for bf16
             args["use_cpu"] = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
         args.setdefault("disable_tqdm", not progress)
+        for name in ("activation_checkpointing", "gradient_checkpointing"):  # transformers 5 takes both names
+            if args.get(name):  # a frozen LoRA base gives no input grads, which the reentrant form needs
+                args.setdefault(f"{name}_kwargs", {"use_reentrant": False})
         owned = {"output_dir": str(output_dir), "seed": self.seed, "data_seed": self.seed, "logging_steps": 1,
                  "logging_strategy": "steps", "remove_unused_columns": False}
         try:
@@ -326,7 +329,7 @@ def finetune(
     set_seed(cfg.seed)  # LoRA's init and dropout draw from it before Trainer seeds again
     if cfg.lora:
         model = wrap_lora(model, cfg.lora)
-    if args.gradient_checkpointing:
+    if getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False):
         model.config.use_cache = False
     log = StepLog(on_step)
     trainer = Trainer(
