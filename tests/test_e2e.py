@@ -18,6 +18,7 @@ import yaml
 
 from tests.tiny import gsm_rows, save_tiny_model, write_jsonl
 
+pytestmark = pytest.mark.slow  # a whole `dvc repro`: .ci/run runs it after the fast tests when time allows
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PARAMS = {
     "model": {"base_model": None, "cache_dir": ".cache/models", "trust_remote_code": False},
