@@ -89,6 +89,8 @@ def build_parser() -> Parser:
     e.add_argument("--data", default=None, help="the data the selection was made from (default: the file the "
                    "manifest records, else data/download/pool.jsonl here)")  # fmt: skip
     e.add_argument("--out", default=None, help="output path (default: beside the manifest)")
+    e.add_argument("--prompt-field", default=None, help="field holding the prompt (default: as the selection read)")
+    e.add_argument("--response-field", default=None, help="field holding the response (default: as the selection read)")
 
     for verb, module in FLOWS.items():
         f = verbs.add_parser(verb, add_help=False, help=f"run `python -m {module}` in this checkout",
@@ -169,7 +171,7 @@ def _select(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from infosift.subset import export_selection
 
-    out, n = export_selection(args.manifest, args.format, args.data, args.out)
+    out, n = export_selection(args.manifest, args.format, args.data, args.out, args.prompt_field, args.response_field)
     print(f"infosift export: {n} rows -> {out}")
     return 0
 

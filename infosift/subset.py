@@ -163,12 +163,18 @@ PIPELINE_POOL = Path("data/download/pool.jsonl")
 
 
 def export_selection(
-    manifest_path: str | Path, fmt: str, data: str | Path | None = None, out: str | Path | None = None
+    manifest_path: str | Path,
+    fmt: str,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    prompt_field: str | None = None,
+    response_field: str | None = None,
 ) -> tuple[Path, int]:
     """Write the rows a manifest chose, in its order, from ``data`` to ``out``; return (out, rows written).
 
     ``data`` defaults to what the manifest records (``info.data`` of an ``infosift select`` manifest), then the
     pipeline's pool (data/download/pool.jsonl under the current directory). ``out`` defaults to rows_beside.
+    Field names default to those the manifest records (see read_source).
     """
     from infosift.manifest import read_manifest
 
@@ -183,7 +189,8 @@ def export_selection(
         data = info.get("data") or (PIPELINE_POOL if PIPELINE_POOL.is_file() else None)
     if data is None:
         raise DataError(f"{manifest_path}: records no data file; name the data the selection was made from")
-    source = read_source(data, info.get("prompt_field"), info.get("response_field"), info.get("split", "train"))
+    fields = (prompt_field or info.get("prompt_field"), response_field or info.get("response_field"))
+    source = read_source(data, *fields, info.get("split", "train"))
     if out.resolve() == source.path.resolve():
         raise DataError(f"{out}: this is the data itself; write the subset elsewhere")
     rows = chosen_rows(manifest["ids"], source.rows, str(manifest_path), source.path)

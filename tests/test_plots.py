@@ -143,6 +143,7 @@ def test_dvc_renders_the_data_plots_of_tiny_tables(tmp_path):
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": [{k: v} for k, v in plots.items()]}))
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copytree(ROOT / ".dvc" / "plots", tmp_path / ".dvc" / "plots")
     proc = subprocess.run(["dvc", "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     rendered = json.loads(proc.stdout)["data"]
@@ -151,6 +152,7 @@ def test_dvc_renders_the_data_plots_of_tiny_tables(tmp_path):
         ((csv, field),) = spec["y"].items()
         content = rendered[pid][0]["content"]
         assert content["encoding"]["x"]["field"] == spec["x"] and content["encoding"]["y"]["field"] == field
+        assert content["encoding"]["color"]["field"] == "selector"  # the template's: one colour per selector
         values = content["data"]["values"]
         got = [(float(v[spec["x"]]), float(v[field])) for v in values]
         assert got == list(zip(tables[csv][spec["x"]], tables[csv][field], strict=True))
