@@ -11,19 +11,26 @@ and the two pools share nothing but the download of the source files. After each
 (results/compare/evidence.md, evidence.csv, nll_vs_tokens.png, table.md) is copied to
 results/evidence/<pool>[-<profile>]/ and the wall time is recorded; `dvc exp show` lists the experiments.
 The workspace is left at the last experiment; `git checkout params.yaml && dvc checkout` goes back.
+A failure that may heal (a kill, out of memory, network) is retried as params.yaml `flow` says, resuming
+from the last finished stage; a stage's own `error:` is not. SIGTERM or Ctrl-C stops DVC and the stage
+under it (their whole process group) and exits 143 / 130; the next run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from flows import supervise
+from flows.preflight import check_config_or_exit
+from stages._common import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "params.evidence.yaml"
@@ -66,8 +73,7 @@ def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
     cmd += set_args(overrides(profile, pool, name))
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-        raise SystemExit(f"error: the {pool} pool's experiment failed (see the dvc output above); rerun to resume")
+    run_retrying(cmd, f"the {pool} pool's experiment", supervise.policy(ROOT))
     seconds = time.perf_counter() - t0
     dest.mkdir(parents=True, exist_ok=True)
     for f in COPIED:
@@ -79,6 +85,24 @@ def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
     return seconds
 
 
+def run_retrying(cmd: list[str], what: str, policy: supervise.Policy) -> None:
+    """Run ``cmd`` in its own process group, its output passed through; rerun it while its failure may heal.
+
+    DVC resumes from the last finished stage, so a retry repeats only the stage that failed.
+    """
+    for attempt in range(policy.retries + 1):
+        code, tail = supervise.stream(cmd, ROOT, dict(os.environ), lambda line: print(line, flush=True))
+        if code == 0:
+            return
+        failure = supervise.classify(code, tail)
+        if not failure.transient or attempt == policy.retries:
+            tried = f" ({attempt + 1} attempts)" if attempt else ""
+            raise SystemExit(f"error: {what} failed{tried}: {failure.why} (the dvc output is above); rerun to resume")
+        print(f"evidence: {what} failed: {failure.why}; may heal, retry {attempt + 1} of {policy.retries} in "
+              f"{policy.retry_delay_s:g} s (params.yaml flow.retries)", flush=True)  # fmt: skip
+        time.sleep(policy.retry_delay_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pools", nargs="+", default=["clean", "contaminated"])
@@ -86,11 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = yaml.safe_load(PROFILE.read_text())
     for pool in args.pools:
-        overrides(profile, pool, args.profile)  # every name checked before the first hour-long run starts
-    for pool in args.pools:
-        seconds = run_pool(profile, pool, args.profile)
-        out = result_dir(pool, args.profile)
-        print(f"evidence: {pool} pool finished in {seconds / 60:.1f} min -> {out}/evidence.md", flush=True)
+        check_config_or_exit(["compare"], overrides(profile, pool, args.profile))  # names, params, inputs: first
+    try:
+        policy = supervise.policy(ROOT)
+    except StageError as e:
+        raise SystemExit(f"error: {e}") from None
+    try:
+        with supervise.handling_signals(policy.stop_grace_s):
+            for pool in args.pools:
+                seconds = run_pool(profile, pool, args.profile)
+                out = result_dir(pool, args.profile)
+                print(f"evidence: {pool} pool finished in {seconds / 60:.1f} min -> {out}/evidence.md", flush=True)
+    except supervise.Stopped as e:
+        print(f"evidence: {e}; the next run resumes from the last finished stage", file=sys.stderr)
+        return e.code
     return 0
 
 

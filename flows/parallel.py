@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 import flows.pipeline as fp
+from flows import supervise
 from flows.pipeline import FlowError
 
 CODE = Path(__file__).resolve().parent.parent  # where `flows` imports from, for the Ray workers
@@ -75,7 +76,8 @@ def run_item(name: str, cmd: str, wdir: str, pipeline_run: str) -> dict:
         raise FlowError(f"workspace {wdir} not found on Ray node {host}; every node must mount it at the same path")
     get_run_logger().info("$ %s  (on %s, pid %d)", cmd, host, os.getpid())
     start = time.time()
-    code = fp._stream(cmd, Path(wdir), {**os.environ, "INFOSIFT_PIPELINE_RUN": pipeline_run}, prefix=f"[{name}] ")
+    # in a process group of its own: a cancelled task (a stopped run) ends the item's whole group, not just a shell
+    code, _ = fp._stream(cmd, Path(wdir), {**os.environ, "INFOSIFT_PIPELINE_RUN": pipeline_run}, prefix=f"[{name}] ")
     end = time.time()
     if code != 0:
         raise FlowError(f"failed with exit code {code} (its output is in the task's log)")
@@ -92,7 +94,7 @@ def dvc_commit(group: str, items: list[dict]) -> None:
         )
     cmd = ["dvc", "commit", "--force", *(item["name"] for item in items)]
     get_run_logger().info("$ %s", " ".join(cmd))
-    if (code := fp._stream(cmd, fp.ROOT, dict(os.environ))) != 0:
+    if (code := fp._stream(cmd, fp.ROOT, dict(os.environ))[0]) != 0:
         raise FlowError(f"dvc commit of {group} failed with exit code {code}")
 
 
@@ -101,9 +103,30 @@ def ray_items(group: str, items: list[dict], pipeline_run: str, cpus: float, gpu
     """Submit every item as a Ray task and wait for all; a failed item is returned as its exception."""
     from prefect_ray.context import remote_options
 
+    supervise.take_signals()  # this subflow's engine put Prefect's SIGTERM handler in place again
     with remote_options(num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": env}):
         futures = [run_item.submit(i["name"], i["cmd"], i["wdir"], pipeline_run) for i in items]
-    return [f.result(raise_on_failure=False) for f in futures]
+    try:
+        return [f.result(raise_on_failure=False) for f in futures]
+    except BaseException:  # a stop: cancel the items still running; each ends its command's process group
+        _cancel(futures)
+        raise
+
+
+def _cancel(futures: list) -> None:
+    """Cancel the Ray tasks behind ``futures`` (a KeyboardInterrupt in each worker), and wait for them a grace."""
+    import ray
+
+    refs = [f.wrapped_future for f in futures if getattr(f, "wrapped_future", None) is not None]
+    for ref in refs:
+        try:
+            ray.cancel(ref)
+        except Exception:  # already finished, or the cluster is going away
+            pass
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=supervise.grace_s() + 5)
+    except Exception:
+        pass
 
 
 def _api_url() -> str:

@@ -4,7 +4,9 @@ DVC decides what is stale and caches by content; Prefect adds retries, a run his
 schedules, and caches nothing itself (cache_policy=NONE): caching twice is how stale results leak.
 Stages run one at a time because DVC holds a workspace lock. With a Ray address, the fine-tune and
 evaluate items of the matrix run at once on the cluster instead (flows/parallel.py); DVC still
-records every result in dvc.lock.
+records every result in dvc.lock. A stage is retried only when its failure may heal (params.yaml
+`flow`); SIGTERM or Ctrl-C stops the stage's whole process group and the run (flows/supervise.py),
+and the next run resumes where it stopped.
 
     python -m flows.pipeline                    # the whole pipeline (ephemeral Prefect API)
     python -m flows.pipeline --stages select compare
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +32,9 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from flows import supervise  # noqa: E402
+from flows.preflight import check_config  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 # what the compare stage writes (its outs in dvc.yaml; a test holds this) and the flow publishes as artifacts
 COMPARE_DIR = Path("results/compare")
@@ -37,6 +44,24 @@ COMPARE_VERDICTS = "evidence.csv"
 
 class FlowError(RuntimeError):
     """A user-facing problem of the flow (a failed stage, an unreachable API): one `error:` line, exit 1."""
+
+
+class StageFailed(FlowError):
+    """A stage's command failed; ``failure`` says why and whether a retry may heal it."""
+
+    def __init__(self, message: str, failure: supervise.Failure) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+def flow_policy() -> supervise.Policy:
+    """params.yaml's `flow` block (retries, their delay, a stop's grace); a bad value is a FlowError."""
+    from stages._common import StageError
+
+    try:
+        return supervise.policy(ROOT)
+    except StageError as e:
+        raise FlowError(str(e)) from None
 
 
 def dvc_stages(dvc_yaml: Path | None = None) -> list[str]:
@@ -71,18 +96,11 @@ def run_name() -> str:
     return f"pipeline-{commit}{dirty}-{params8}"
 
 
-def _stream(cmd: list[str] | str, cwd: Path, env: dict, prefix: str = "") -> int:
-    """Run ``cmd``, copy its output line by line into the Prefect log, return its exit code."""
+def _stream(cmd: list[str] | str, cwd: Path, env: dict, prefix: str = "") -> tuple[int, list[str]]:
+    """Run ``cmd`` in a process group of its own, copy its output line by line into the Prefect log; return its
+    exit code and last lines. A stop ends the whole group (supervise.stream)."""
     logger = get_run_logger()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, shell=isinstance(cmd, str), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line and "\r" not in line:  # skip progress-bar redraws; they are for terminals
-            logger.info(prefix + line)
-    return proc.wait()
+    return supervise.stream(cmd, cwd, env, lambda line: logger.info(prefix + line))
 
 
 def pipeline_env() -> dict:
@@ -90,21 +108,51 @@ def pipeline_env() -> dict:
     return {**os.environ, "INFOSIFT_PIPELINE_RUN": str(flow_run.get_id() or "")}
 
 
-@task(retries=2, retry_delay_seconds=30, cache_policy=NONE, task_run_name="dvc repro {stage}")
+def heals(task, task_run, state) -> bool:
+    """Prefect's retry condition: only a failure that may heal is retried (a stage's own `error:` is not)."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, StageFailed) and exc.failure.transient
+
+
+@task(retries=2, retry_delay_seconds=30, retry_condition_fn=heals, cache_policy=NONE, task_run_name="dvc repro {stage}")
 def dvc_repro(stage: str, force: bool = False) -> None:
-    """Run one stage (all items of a matrix stage) and stream its output into the Prefect log."""
+    """Run one stage (all items of a matrix stage) and stream its output into the Prefect log.
+
+    On failure the log says whether it is retried and why (supervise.classify).
+    """
     cmd = ["dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
-    get_run_logger().info("$ %s", " ".join(cmd))
-    code = _stream(cmd, ROOT, pipeline_env())
+    logger = get_run_logger()
+    logger.info("$ %s", " ".join(cmd))
+    code, tail = _stream(cmd, ROOT, pipeline_env())
     if code != 0:
-        raise FlowError(f"dvc repro {stage} failed with exit code {code}")
+        failure = supervise.classify(code, tail)
+        then = (
+            "may heal, retried while retries remain (params.yaml flow.retries)" if failure.transient else "not retried"
+        )
+        logger.warning("dvc repro %s: %s; %s", stage, failure.why, then)
+        raise StageFailed(f"dvc repro {stage} failed with exit code {code}: {failure.why}", failure)
 
 
 @task(cache_policy=NONE, task_run_name="dvc status")
+def always_changed(dvc_yaml: Path | None = None) -> set[str]:
+    """The stages dvc.yaml marks always_changed: the fetch stages, which look at sources outside the repository."""
+    import yaml
+
+    path = dvc_yaml or ROOT / "dvc.yaml"
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.exists() else {}
+    return {name for name, spec in stages.items() if isinstance(spec, dict) and spec.get("always_changed")}
+
+
 def up_to_date(stages: list[str]) -> bool:
-    """One `dvc status --quiet` over all targets (exit 0: nothing changed), instead of a process per stage."""
-    proc = subprocess.run(["dvc", "status", "--quiet", *stages], cwd=ROOT, capture_output=True, text=True)
-    return proc.returncode == 0
+    """One `dvc status` over all targets, instead of a process per stage. An always-changed stage is listed by
+    every status, so it does not count: pipeline() runs those first, and what they wrote is what status compares."""
+    proc = subprocess.run(["dvc", "status", "--json", *stages], cwd=ROOT, capture_output=True, text=True)
+    try:
+        changed = json.loads(proc.stdout or "{}")
+    except ValueError:
+        return False
+    skip = always_changed()
+    return proc.returncode == 0 and not [k for k in changed if k.split("@")[0] not in skip]
 
 
 def _cell(text: str) -> object:
@@ -163,11 +211,19 @@ def pipeline(
     reserving ``cpus_per_item`` / ``gpus_per_item``. When compare is among the stages, its table and verdicts
     become artifacts of the run.
     """
+    supervise.take_signals()  # Prefect's engine put its own SIGTERM handler in place for the run
     stages = stages or dvc_stages()
+    policy = flow_policy()
+    supervise.set_grace(policy.stop_grace_s)
+    repro = dvc_repro.with_options(retries=policy.retries, retry_delay_seconds=policy.retry_delay_s)
     if ray_address:
         from infosift.scale.cluster import check_address
 
         check_address(ray_address)  # before any stage runs, not hours later at the first fan-out
+    fetch = [] if force else [s for s in stages if s in always_changed()]
+    for stage in fetch:  # the sources outside the repository, looked at first: status then sees their stamps
+        repro(stage)
+    stages = [s for s in stages if s not in fetch]
     if not force and up_to_date(stages):
         print(f"dvc: {', '.join(stages)} up to date; nothing to run")
     elif ray_address:
@@ -177,10 +233,10 @@ def pipeline(
             if stage in PARALLEL_STAGES:
                 fan_out(stage, ray_address, force=force, cpus=cpus_per_item, gpus=gpus_per_item)
             else:
-                dvc_repro(stage, force=force)
+                repro(stage, force=force)
     else:
         for stage in stages:
-            dvc_repro(stage, force=force)
+            repro(stage, force=force)
     if "compare" in stages:
         publish_compare()
 
@@ -231,6 +287,9 @@ def guarded(run, ray_address: str | None = None) -> int:
     except httpx.HTTPError as e:  # the server went away during the run
         from prefect.settings import get_current_settings
 
+        if signum := supervise.stopped():  # a stop that reached the temporary API too: the stop is what happened
+            raise supervise.Stopped(signum) from None
+
         print(f"error: PREFECT_API_URL {get_current_settings().api.url}: lost the Prefect API ({e})", file=sys.stderr)
         return 1
     return 0
@@ -249,17 +308,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-item", type=float, default=1, help="Ray CPUs each fine-tune/evaluate item reserves")
     parser.add_argument("--gpus-per-item", type=float, default=0, help="Ray GPUs each fine-tune/evaluate item reserves")
     args = parser.parse_args(argv)
-    return guarded(
-        lambda: pipeline(
-            stages=args.stages,
-            force=args.force,
-            ray_address=args.ray_address,
-            cpus_per_item=args.cpus_per_item,
-            gpus_per_item=args.gpus_per_item,
-        ),
-        args.ray_address,
+    return stoppable(
+        lambda: guarded(  # first every chosen stage's params and inputs (check_config), then the stages
+            lambda: check_config(args.stages or STAGES)
+            or pipeline(
+                stages=args.stages,
+                force=args.force,
+                ray_address=args.ray_address,
+                cpus_per_item=args.cpus_per_item,
+                gpus_per_item=args.gpus_per_item,
+            ),
+            args.ray_address,
+        )
     )
 
 
+def stoppable(run) -> int:
+    """``run()`` (returning an exit code) with SIGTERM and SIGINT stopping it: the running stage's process group
+    gets the signal, a grace (params.yaml flow.stop_grace_s), then SIGKILL; the exit code is 128 + the signal."""
+    try:
+        grace = flow_policy().stop_grace_s
+    except FlowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        with supervise.handling_signals(grace):
+            code = run()
+    except supervise.Stopped as e:
+        signum = e.signum
+    except Exception:
+        if (signum := supervise.stopped()) is None:
+            raise
+        # else an error on the way out of the stop (the API went with the signal): the stop is what happened
+    else:
+        if (signum := supervise.stopped()) is None:
+            return code
+    print(
+        f"stopped by {signal.Signals(signum).name}; the next run resumes from the last finished stage", file=sys.stderr
+    )
+    return 128 + signum
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    supervise.exit_process(main())

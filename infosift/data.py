@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,7 +68,7 @@ CHAT_FIELDS = ("messages", "conversations")
 
 def dataset_spec(name: str, prompt_field: str | None = None, response_field: str | None = None) -> DatasetSpec:
     """A registered dataset, or a generic one; explicit field names override both."""
-    spec = DATASETS.get(name, DatasetSpec(name))
+    spec = DATASETS.get(name, DatasetSpec(name, hub_id=name if "/" in name else None))  # owner/name: a hub id
     if prompt_field or response_field:
         spec = DatasetSpec(name, prompt_field or spec.prompt_field, response_field or spec.response_field,
                            spec.hub_id, spec.hub_config)
@@ -356,22 +358,44 @@ def find_split(name: str, split: str, mirror_dir: str | Path | None) -> Path | N
     """The mirror file for a split: <mirror_dir>/<name>/<split>.{jsonl,json,parquet}, or None."""
     if mirror_dir is None:
         return None
+    return split_file(Path(mirror_dir) / name, split)
+
+
+def split_file(folder: Path, split: str) -> Path | None:
+    """<folder>/<split>.{jsonl,json,parquet}, the first that is a file, or None."""
     for suffix in SUFFIXES:
-        candidate = Path(mirror_dir) / name / f"{split}{suffix}"
-        if candidate.exists():
+        candidate = folder / f"{split}{suffix}"
+        if candidate.is_file():
             return candidate
     return None
 
 
-def fetch_from_hub(spec: DatasetSpec, split: str, cache_dir: str | Path, looked: str = "the local mirror") -> Path:
+def hub_offline() -> bool:
+    """Whether the Hugging Face clients are told to stay offline (the stages' default; HF_HUB_OFFLINE=0 opts in)."""
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def fetch_from_hub(
+    spec: DatasetSpec, split: str, cache_dir: str | Path, looked: str = "the local mirror", download: bool = True
+) -> Path:
     """Download a split with `datasets` and write it as JSONL; offline this fails with one clear line.
 
-    ``looked``: where the mirror file was looked for, named in the error.
+    ``looked``: where the mirror file was looked for, named in the error. ``download=False`` only answers whether
+    the split can be had: the cached file, or where it would be cached, or the DataError a download would end in.
     """
     if spec.hub_id is None:
         raise DataError(f"dataset {spec.name!r} split {split!r}: not in {looked} and no hub id to fall back on")
     out = Path(cache_dir) / spec.name / f"{split}.jsonl"
     if out.exists():
+        return out
+    if not download:
+        if hub_offline():
+            raise DataError(
+                f"dataset {spec.name!r} split {split!r}: not in {looked}, not cached in {out}, and the hub "
+                f"({spec.hub_id}) is off here (HF_HUB_OFFLINE=1; set HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 to use it)"
+            )
         return out
     try:
         import datasets
@@ -388,12 +412,78 @@ def fetch_from_hub(spec: DatasetSpec, split: str, cache_dir: str | Path, looked:
     return out
 
 
-def locate(name: str, split: str, mirror_dir: str | Path | None, hub_cache: str | Path) -> Path:
-    """Sources in order: the local mirror directory, then the hub id (cached as JSONL)."""
+def locate(name: str, split: str, mirror_dir: str | Path | None, hub_cache: str | Path, download: bool = True) -> Path:
+    """Sources in order: the local mirror directory, then the hub id (cached as JSONL; see fetch_from_hub)."""
     looked = "the local mirror (no mirror_dir)"
     if mirror_dir is not None:
         looked = f"the local mirror ({Path(mirror_dir) / name / split}{{{','.join(SUFFIXES)}}})"
-    return find_split(name, split, mirror_dir) or fetch_from_hub(dataset_spec(name), split, hub_cache, looked)
+    return find_split(name, split, mirror_dir) or fetch_from_hub(dataset_spec(name), split, hub_cache, looked, download)
+
+
+class DataSource(NamedTuple):
+    """Where download reads a dataset from: its short name and the file of each split it reads."""
+
+    name: str
+    splits: dict[str, Path]
+
+
+def is_dataset_path(dataset: str) -> bool:
+    """Whether ``download.dataset`` names a file or folder rather than a mirror name or a hub id.
+
+    A data suffix, a leading /, ./, ../ or ~, or something that exists here: so `gsm8k` and `openai/gsm8k`
+    stay names, and `mine.jsonl`, `./mine` or `/data/mine` are paths.
+    """
+    return dataset.endswith(SUFFIXES) or dataset.startswith(("/", "./", "../", "~")) or Path(dataset).exists()
+
+
+def dataset_name(dataset: str) -> str:
+    """The short name records, manifests and registered models carry: a file's stem, else the last part."""
+    path = Path(dataset.rstrip("/")).expanduser()
+    name = path.stem if path.suffix in SUFFIXES else path.name
+    return name or path.resolve().name
+
+
+def locate_dataset(
+    dataset: str,
+    train_split: str,
+    test_split: str | None,
+    mirror_dir: str | Path | None,
+    hub_cache: str | Path,
+    download: bool = True,
+) -> DataSource:
+    """The files of the train split and (unless ``test_split`` is None) the test split of ``dataset``.
+
+    A path is read where it is: one file is the train split alone; a folder holds <split>.{jsonl,json,parquet}.
+    A name or hub id is looked up in the mirror, then fetched from the hub into ``hub_cache`` (see locate;
+    ``download=False`` checks that it could be, and downloads nothing).
+    """
+    splits = [train_split] + ([test_split] if test_split is not None else [])
+    if not is_dataset_path(dataset):
+        return DataSource(
+            dataset_name(dataset), {s: locate(dataset, s, mirror_dir, hub_cache, download) for s in splits}
+        )
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        if path.suffix not in SUFFIXES:
+            raise DataError(f"{path}: a dataset file must end in {', '.join(SUFFIXES)}")
+        if test_split is not None:
+            raise DataError(
+                f"{path}: one file holds only a train split; hold out a test split from it "
+                "(download.test_split: null and download.test_size: N)"
+            )
+        return DataSource(dataset_name(dataset), {train_split: path})
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    found = {}
+    for split in splits:
+        if (f := split_file(path, split)) is None:
+            has = ", ".join(sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)) or "no data files"
+            hint = "; without a test split set download.test_split: null and download.test_size: N" * (
+                split == test_split
+            )
+            raise DataError(f"{path}: no {split}.jsonl, {split}.json or {split}.parquet (has: {has}){hint}")
+        found[split] = f
+    return DataSource(dataset_name(dataset), found)
 
 
 def subsample(records: list[dict], size: int | None, seed: int) -> list[dict]:
@@ -456,13 +546,62 @@ def mt_bench_files(mirror_dir: str | Path) -> MTBenchFiles:
 
     A missing file is a DataError that names it and the layout expected.
     """
-    root = Path(mirror_dir) / "mt_bench"
-    files = MTBenchFiles(root / "question.jsonl", root / "reference_answer_gpt-4.jsonl", root / "judge_prompts.jsonl")
+    return mt_bench_folder_files(Path(mirror_dir) / "mt_bench")
+
+
+MT_BENCH_UNAVAILABLE = "unavailable.txt"  # written by a fetch in place of the files: why they are not there
+MT_BENCH_NAMES = MTBenchFiles("question.jsonl", "reference_answer_gpt-4.jsonl", "judge_prompts.jsonl")
+# the hub's copy: FastChat's llm_judge data as the lmsys/mt-bench Space serves it (same content, other paths)
+MT_BENCH_HUB = (
+    "lmsys/mt-bench",
+    MTBenchFiles(
+        "data/mt_bench/question.jsonl", "data/mt_bench/reference_answer/gpt-4.jsonl", "data/judge_prompts.jsonl"
+    ),
+)
+
+
+def mt_bench_folder_files(root: str | Path) -> MTBenchFiles:
+    """The three MT-Bench files in the folder ``root`` (question.jsonl, reference_answer_gpt-4.jsonl,
+    judge_prompts.jsonl); a missing one is a DataError naming it and the layout expected, or the reason a
+    fetch recorded in <root>/unavailable.txt for not bringing them."""
+    root = Path(root)
+    if (reason := root / MT_BENCH_UNAVAILABLE).is_file():
+        raise DataError(f"MT-Bench is not in {root}: {' '.join(reason.read_text().split())}")
+    files = MTBenchFiles(*(root / name for name in MT_BENCH_NAMES))
     for f in files:
         if not f.is_file():
-            names = ", ".join(g.name for g in files)
-            raise DataError(f"{f}: not found; MT-Bench needs {names} in {root}")
+            raise DataError(f"{f}: not found; MT-Bench needs {', '.join(MT_BENCH_NAMES)} in {root}")
     return files
+
+
+def locate_mt_bench(folder: str | Path, hub_cache: str | Path, download: bool = True) -> MTBenchFiles:
+    """MT-Bench's files: in ``folder`` when all three are there, else the hub's copy cached in <hub_cache>/mt_bench.
+
+    Like a dataset (locate): the mirror first, then the hub; offline with neither, one DataError naming the
+    folder. ``download=False`` downloads nothing: the files found, or where the hub's would be cached, or the
+    DataError a download would end in.
+    """
+    try:
+        return mt_bench_folder_files(folder)
+    except DataError as e:
+        missing = e
+    cached = Path(hub_cache) / "mt_bench"
+    if all((cached / name).is_file() for name in MT_BENCH_NAMES):
+        return mt_bench_folder_files(cached)
+    repo, remote = MT_BENCH_HUB
+    if not download:
+        if hub_offline():
+            raise DataError(f"{missing}; not cached in {cached}, and the hub ({repo}) is off here (HF_HUB_OFFLINE=1)")
+        return MTBenchFiles(*(cached / name for name in MT_BENCH_NAMES))
+    try:
+        from huggingface_hub import hf_hub_download
+
+        for name, path in zip(MT_BENCH_NAMES, remote, strict=True):
+            with atomic_output(cached / name) as tmp:
+                shutil.copyfile(hf_hub_download(repo, path, repo_type="space"), tmp)
+    except Exception as e:  # the hub client raises many types; all mean "not available here"
+        raise DataError(f"{missing}; and the hub ({repo}) is unreachable: {type(e).__name__}") from None
+    return mt_bench_folder_files(cached)
 
 
 class MTBench(NamedTuple):

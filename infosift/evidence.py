@@ -296,6 +296,70 @@ def evidence_table(
     )
 
 
+# -- length-matched controls (select/length_matched.py) -----------------------------------------------------
+CONTROL = "length_matched"
+
+
+def _variant_config(variants: dict, name: str) -> dict:
+    cfg = dict(variants.get(name) or {})
+    cfg.setdefault("selector", name)
+    return cfg
+
+
+def length_controls(variants: dict[str, dict], run: list[str]) -> dict[str, str]:
+    """{selector variant: its length-matched control variant}, both among ``run``.
+
+    A control is a variant ``{selector: length_matched, of: {selector: ..., **params}, ...}``; it controls the
+    variant whose configuration equals its ``of`` plus its own variant-level keys (query, filter, ...): the
+    same selection, matched in length by random draws.
+    """
+    out: dict[str, str] = {}
+    for ctrl in run:
+        cfg = _variant_config(variants, ctrl)
+        if cfg.get("selector") != CONTROL:
+            continue
+        outer = {k: v for k, v in cfg.items() if k not in ("selector", "of", "bins")}
+        inner = {**(cfg.get("of") or {"selector": "random"}), **outer}
+        for sel in run:
+            if sel != ctrl and sel not in out and _variant_config(variants, sel) == inner:
+                out[sel] = ctrl
+    return out
+
+
+def control_table(
+    results: list[ModelResult],
+    controls: dict[str, str],
+    lower_is_better: bool = True,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """evidence_table's rows of each selector against its control instead of random, with a ``reference`` column.
+
+    Pairs by seed and test example as against random; the cost columns read the control's curve ("the
+    control needs 1.3x the tokens"). Selectors without results, or whose control has none, are left out.
+    """
+    frames = []
+    for sel, ctrl in sorted(controls.items()):
+        sub = [r for r in results if r.selector in (sel, ctrl)]
+        if {r.selector for r in sub} != {sel, ctrl}:
+            continue
+        df = evidence_table(sub, lower_is_better, reference=ctrl, n_boot=n_boot, seed=seed, level=level)
+        frames.append(df[df["selector"] == sel].assign(reference=ctrl))
+    if not frames:
+        return pd.DataFrame(columns=[*COLUMNS, "reference"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def control_lines(df: pd.DataFrame, metric_name: str = "NLL", budget_unit: str = "tokens") -> list[str]:
+    """verdict_lines of a control_table, each row read against its own control."""
+    return [
+        line
+        for ref, g in df.groupby("reference", sort=True)
+        for line in verdict_lines(g, metric_name, budget_unit, reference=ref)
+    ]
+
+
 def verdict_lines(
     df: pd.DataFrame, metric_name: str = "NLL", budget_unit: str = "tokens", reference: str = "random"
 ) -> list[str]:

@@ -4,6 +4,8 @@ Why here: these are the rules that keep an evaluation honest, and they deserve d
 - A train example whose id is also in test is dropped (and counted), even if the source splits overlap.
 - The target slice is held out from train, never from test, and is disjoint from the pool.
 - Each subset is seeded (target: ``seed + 1``; pool and test: ``seed``) and keeps its records' source order.
+- A dataset with no test split (one file) gets one carved from train first (``seed + 2``): those records are
+  test only, never pool or target.
 - Contamination (infosift/contaminate.py), when asked for, alters the POOL only, after it is sampled; an
   altered record may not equal a target or test record.
 """
@@ -35,6 +37,7 @@ class Splits:
     test: list[dict]
     leaked: int  # train examples dropped because their id is in test
     contamination: dict = field(default_factory=lambda: {"share": 0})  # contaminate()'s report, or share 0
+    carved: int = 0  # test records held out from train (no test split given), 0 when the dataset had one
 
     @property
     def counts(self) -> dict[str, int]:
@@ -43,7 +46,7 @@ class Splits:
 
 def split_records(
     train: list[dict],
-    test: list[dict],
+    test: list[dict] | None,
     *,
     pool_size: int | None = None,
     target_size: int = 0,
@@ -53,9 +56,14 @@ def split_records(
 ) -> Splits:
     """Pool, target and test from train/test records with stable ids; None sizes keep everything.
 
+    ``test`` None: there is no test split, and ``test_size`` train records (seeded) are held out as one.
     Raises DataError when a size asks for more train records than there are, ContaminationError when the
     contamination cannot be applied.
     """
+    carved = 0
+    if test is None:
+        train, test = carve_test(train, test_size, seed)
+        carved, test_size = len(test), None
     test_ids = {r["id"] for r in test}
     leaked = sum(r["id"] in test_ids for r in train)
     train = [r for r in train if r["id"] not in test_ids]
@@ -69,10 +77,24 @@ def split_records(
         raise DataError(f"pool_size {pool_size} is larger than the {len(rest)} train records available")
     pool = subsample(rest, pool_size, seed=seed)
     test = subsample(test, test_size, seed=seed)
-    splits = Splits(pool, target, test, leaked)
+    splits = Splits(pool, target, test, leaked, carved=carved)
     if contamination is not None:
         splits.pool, splits.contamination = contaminate_pool(pool, contamination, target_ids | {r["id"] for r in test})
     return splits
+
+
+def carve_test(train: list[dict], size: int | None, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train less the held-out records, ``size`` seeded train records as the test split), each in source order.
+
+    Drawn with ``seed + 2``, apart from the target's and the pool's draws, so the other sizes do not move it.
+    """
+    if size is None or size < 1:
+        raise DataError("no test split: say how many train records to hold out as one (test_size)")
+    if size >= len(train):
+        raise DataError(f"test_size {size} would hold out every one of the {len(train)} train records as test")
+    test = subsample(train, size, seed=seed + 2)
+    held = {r["id"] for r in test}
+    return [r for r in train if r["id"] not in held], test
 
 
 def contaminate_pool(pool: list[dict], c: Contamination, clean_ids: set[str]) -> tuple[list[dict], dict]:

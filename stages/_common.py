@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 class StageError(Exception):
-    """A user-facing problem: printed as one line, exit code 1."""
+    """A user-facing problem: printed as one line, exit code EXIT_BAD_INPUT."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -42,6 +42,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# dotted key -> value, applied on top of params.yaml as `dvc exp run -S` would; empty except while flows/preflight.py
+# checks a run that will set them (an experiment of the evidence profile)
+OVERRIDES: dict[str, object] = {}
+
+
+def with_overrides(data: dict, overrides: dict[str, object]) -> dict:
+    """``data`` with each dotted ``key: value`` of ``overrides`` set (the sections on the way copied, not changed)."""
+    data = dict(data)
+    for key, value in overrides.items():
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part) if isinstance(node.get(part), dict) else {}
+            node[part] = dict(child)
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
 def params(section: str | None = None, path: str = "params.yaml") -> dict:
     """params.yaml (or one section of it). Only stages read it; the library gets plain arguments."""
     p = Path(path)
@@ -57,6 +75,7 @@ def params(section: str | None = None, path: str = "params.yaml") -> dict:
         raise StageError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(data, dict):
         raise StageError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data = with_overrides(data, OVERRIDES if path == "params.yaml" else {})
     if section is None:
         return data
     if section not in data:
@@ -79,25 +98,56 @@ def whole_number(text: str, what: str) -> int:
         raise StageError(f"{what} must be a whole number, got {text!r}") from None
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """Call main(argv); bad input ends as a single 'error: ...' line and exit code 1.
+# Exit codes a stage ends with, so that whoever runs it (the Prefect flow) knows whether a rerun can help.
+# 1 stays Python's own: an uncaught exception, a bug that a rerun repeats. Codes from BSD's sysexits.h.
+EXIT_BAD_INPUT = 65  # the project's errors: bad params, data or files; the same input fails the same way again
+EXIT_TRANSIENT = 75  # a failure the world may heal: a server unreachable or timing out, memory exhausted
 
-    Caught: the library's InfosiftError family, StageError, missing or unreadable files (OSError), and
-    ValueErrors from reading corrupted inputs (a truncated .npy, offsets that disagree with values).
-    A stage writes through atomic_output, so nothing finished-looking is left behind.
+
+def transient(e: BaseException) -> bool:
+    """Whether ``e``, or what caused it, is a failure a rerun may not meet again: a network error, a timeout,
+    memory exhausted. A project error raised while handling one (MLflow unreachable, Ray gone) counts too.
+
+    Third-party classes are matched only if their library is already imported (no import here for a check).
+    """
+    httpx, requests = sys.modules.get("httpx"), sys.modules.get("requests")
+    kinds: tuple[type, ...] = (MemoryError, ConnectionError, TimeoutError)
+    kinds += (httpx.TransportError,) if httpx is not None else ()
+    kinds += (requests.ConnectionError, requests.Timeout) if requests is not None else ()
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:  # the chain that `raise ... from` or an `except` builds
+        if isinstance(cause, kinds) or type(cause).__name__ == "OutOfMemoryError":  # torch's, a RuntimeError
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """Call main(argv); a failure it can name ends as a single 'error: ...' line and a telling exit code.
+
+    Bad input exits with EXIT_BAD_INPUT: the library's InfosiftError family, StageError, missing or unreadable
+    files (OSError), ValueErrors from reading corrupted inputs (a truncated .npy, offsets that disagree with
+    values), a missing parameter. A failure that may heal (``transient``: network, timeout, memory, or a project
+    error they caused) exits with EXIT_TRANSIENT. Anything else is a bug and keeps its traceback (exit 1). A stage
+    writes through atomic_output, so nothing finished-looking is left behind either way.
     """
     from infosift.errors import InfosiftError
 
     try:
         main(sys.argv[1:])
-    except (StageError, InfosiftError, OSError, ValueError) as e:
+    except Exception as e:
+        if transient(e):
+            code = EXIT_TRANSIENT
+        elif isinstance(e, StageError | InfosiftError | OSError | ValueError | KeyError):
+            code = EXIT_BAD_INPUT
+        else:
+            raise
         _end_progress_bars()
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(1)
-    except KeyError as e:
-        _end_progress_bars()
-        print(f"error: missing parameter or field {e}", file=sys.stderr)
-        sys.exit(1)
+        text = f"missing parameter or field {e}" if isinstance(e, KeyError) else _one_line(e)
+        print(f"error: {text}", file=sys.stderr)
+        sys.exit(code)
 
 
 def _end_progress_bars() -> None:

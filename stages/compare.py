@@ -20,9 +20,17 @@ import numpy as np
 import pandas as pd
 
 from infosift.compare import plot_metric, results_table, to_markdown
-from infosift.data import read_rows
+from infosift.data import dataset_name, read_rows
 from infosift.errors import DataError
-from infosift.evidence import ModelResult, evidence_table, plot_vs_tokens, verdict_lines
+from infosift.evidence import (
+    ModelResult,
+    control_lines,
+    control_table,
+    evidence_table,
+    length_controls,
+    plot_vs_tokens,
+    verdict_lines,
+)
 from infosift.manifest import read_json_object, read_manifest
 from infosift.plots import not_computed
 from infosift.tracking import (
@@ -204,8 +212,13 @@ def write_evidence(out: Path, rows: list[dict], all_params: dict, n_boot: int, u
         not_computed("evidence", out / "nll_vs_tokens.png", why="no random variant in select.run")
     for loss in losses if "random" in sel["run"] else []:
         ev, lines, results = evidence(rows, loss, n_boot, unit)
-        frames.append(ev.assign(loss=loss))
+        ctrl = control_table(results, length_controls(sel.get("variants") or {}, sel["run"]), n_boot=n_boot)
+        both = pd.concat([ev.assign(reference="random"), ctrl]) if len(ctrl) else ev.assign(reference="random")
+        frames.append(both.assign(loss=loss))
         report += [f"\n## loss: {loss}\n\n", to_markdown(ev), "\n"] + [f"- {line}\n" for line in lines]
+        if len(ctrl):  # each selector against random drawn from the same length bins (select/length_matched.py)
+            report += ["\nAgainst its length-matched control:\n\n", to_markdown(ctrl), "\n"]
+            report += [f"- {line}\n" for line in control_lines(ctrl, "NLL", unit)]
         plot_vs_tokens(results, out / ("nll_vs_tokens.png" if loss == losses[0] else f"nll_vs_tokens_{loss}.png"))
         for r in ev.to_dict("records"):
             if r["verdict"] != "reference":
@@ -246,7 +259,7 @@ def main(argv: list[str]) -> None:
     champion = None
     if cfg.get("mlflow", True) and cfg.get("log_models", True):
         metric = cfg.get("champion_metric", "nll_per_token")
-        champion = pick_champion(rows, metric, METRICS[metric], all_params["download"]["dataset"])
+        champion = pick_champion(rows, metric, METRICS[metric], dataset_name(all_params["download"]["dataset"]))
         if champion is None:
             raise StageError(
                 f"params.yaml compare.champion_metric: no fine-tuned model has {metric}; did evaluate skip it?"
@@ -276,7 +289,7 @@ def log_to_mlflow(
 ) -> None:
     """One parent run for this pipeline run, a nested run per model, datasets, models and the champion's version."""
     lock = dvc_lock_hashes()
-    dataset = all_params["download"]["dataset"]
+    dataset = dataset_name(all_params["download"]["dataset"])  # a file's stem, not its path: gsm8k stays gsm8k
     tags = {
         "git_commit": git_commit(),
         "infosift.dataset": dataset,

@@ -1,6 +1,10 @@
-"""download: a named dataset -> pool / target / test records plus a data manifest with hashes.
+"""download: a dataset -> pool / target / test records plus a data manifest with hashes.
 
-Sources in order: the local mirror directory (default ../shared/data), then the dataset's hub id.
+download.dataset is a file or folder (read where it is), or a name looked up in the local mirror directory
+(download.mirror_dir, default ../shared/data), then the dataset's hub id (cached under download.hub_cache).
+The fetch stage locates the same files first and records their hashes in data/source.json, which is what
+DVC reruns this stage on (see stages/fetch.py). Without a test split (one file, or download.test_split: null),
+download.test_size seeded train examples are held out as the test split, recorded in the manifest.
 The split rules live in infosift/splits.py: train examples also in test are dropped, the target slice (for
 GIP's query set) is held out from train, never from test, and ``download.contaminate`` (off by default) makes
 a seeded share of the POOL bad after it is sampled; target and test stay clean, and the manifest records
@@ -11,8 +15,8 @@ from __future__ import annotations
 
 import json
 
-from infosift.data import dataset_spec, load_file, locate, write_jsonl
-from infosift.errors import ContaminationError
+from infosift.data import DataSource, dataset_spec, load_file, locate_dataset, write_jsonl
+from infosift.errors import ContaminationError, DataError
 from infosift.hashing import file_sha256
 from infosift.splits import Contamination, split_records
 from stages._common import StageError, atomic_output, check_keys, check_param, params, run
@@ -68,7 +72,12 @@ def checked_params() -> dict:
     check_param(p.get("test_size"), "download.test_size", int, low=1, allow_none=True)
     check_param(p.get("seed", 0), "download.seed", int, low=0)
     check_param(p.get("train_split", "train"), "download.train_split", str)
-    check_param(p.get("test_split", "test"), "download.test_split", str)
+    test_split = check_param(p.get("test_split", "test"), "download.test_split", str, allow_none=True)
+    if test_split is None and p.get("test_size") is None:
+        raise StageError(
+            "params.yaml download.test_size: required when download.test_split is null "
+            "(how many train examples to hold out as the test split)"
+        )
     if not p["dataset"].strip():
         raise StageError("params.yaml download.dataset: empty; name a dataset (a mirror folder or a known hub dataset)")
     fields = p.get("fields") or {}
@@ -79,15 +88,32 @@ def checked_params() -> dict:
     return {"hub_cache": ".cache/datasets", "seed": 0, **p}
 
 
+def dataset_source(p: dict, download: bool = True) -> DataSource:
+    """download.dataset's files (``p``: checked_params()); one that cannot be had is a StageError naming
+    download.mirror_dir and the dataset. ``download=False``: check that it can be had, download nothing."""
+    try:
+        return locate_dataset(
+            p["dataset"],
+            p.get("train_split", "train"),
+            p.get("test_split", "test"),
+            p.get("mirror_dir"),
+            p["hub_cache"],
+            download,
+        )
+    except DataError as e:
+        where = f"download.mirror_dir={p.get('mirror_dir')!r}, download.dataset={p['dataset']!r}"
+        raise StageError(f"params.yaml {where}: {e}") from None
+
+
 def main(argv: list[str]) -> None:
     p = checked_params()
     contamination = contamination_option(p.get("contaminate"), p["seed"])
     fields = p.get("fields") or {}
-    spec = dataset_spec(p["dataset"], fields.get("prompt"), fields.get("response"))
-    train_path = locate(spec.name, p.get("train_split", "train"), p.get("mirror_dir"), p["hub_cache"])
-    test_path = locate(spec.name, p.get("test_split", "test"), p.get("mirror_dir"), p["hub_cache"])
-    train, train_dupes = load_file(train_path, spec)
-    test, test_dupes = load_file(test_path, spec)
+    source = dataset_source(p)
+    spec = dataset_spec(source.name, fields.get("prompt"), fields.get("response"))
+    paths = dict(zip(("train", "test"), source.splits.values(), strict=False))  # train first; no test: carved
+    train, train_dupes = load_file(paths["train"], spec)
+    test, test_dupes = load_file(paths["test"], spec) if "test" in paths else (None, 0)
     try:
         splits = split_records(
             train,
@@ -100,6 +126,8 @@ def main(argv: list[str]) -> None:
         )
     except ContaminationError as e:
         raise StageError(f"download.contaminate: {e}") from None
+    except DataError as e:
+        raise StageError(f"params.yaml download: {e}") from None
     pool, target, test = splits.pool, splits.target, splits.test
 
     with atomic_output(OUT) as tmp:
@@ -108,8 +136,8 @@ def main(argv: list[str]) -> None:
             write_jsonl(tmp / f"{name}.jsonl", recs)
         manifest = {
             "dataset": spec.name,
-            "sources": {"train": str(train_path), "test": str(test_path)},
-            "source_sha256": {"train": file_sha256(train_path), "test": file_sha256(test_path)},
+            "sources": {k: str(f) for k, f in paths.items()},
+            "source_sha256": {k: file_sha256(f) for k, f in paths.items()},
             "counts": splits.counts,
             "duplicates_dropped": {"train": train_dupes, "test": test_dupes},
             "train_examples_also_in_test_dropped": splits.leaked,
@@ -117,10 +145,13 @@ def main(argv: list[str]) -> None:
             "params": p,
             "sha256": {n: file_sha256(tmp / f"{n}.jsonl") for n in ("pool", "target", "test")},
         }
+        if splits.carved:  # only then: a dataset with a test split keeps the manifest it always had
+            manifest["test_held_out_from_train"] = {"n": splits.carved, "seed": p["seed"] + 2}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(
         f"download: {spec.name} pool={len(pool)} target={len(target)} test={len(test)} "
-        f"(duplicates dropped: train {train_dupes}, test {test_dupes}) from {train_path.parent}"
+        f"(duplicates dropped: train {train_dupes}, test {test_dupes}) from {paths['train'].parent}"
+        + (f"; test: {splits.carved} train examples held out" if splits.carved else "")
         + (f"; contaminated {splits.contamination['n']} pool records" if splits.contamination.get("n") else "")
     )
 

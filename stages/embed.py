@@ -14,15 +14,19 @@ from infosift.data import read_examples
 from infosift.embed import embed_records
 from infosift.errors import ClusterError
 from infosift.features import TokenFeatures
+from infosift.models import load_model_and_tokenizer
+from infosift.quality import quality_scores, save_quality
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
 from stages.model import base_model_dir
 
 ENGINES = ("local", "ray")
 KNOWN = set("part max_length batch_tokens shard_size dtype device engine ray project_dim project_seed".split())
+KNOWN.add("quality_seed")
 RAY_KNOWN = {"address", "actors", "num_gpus_per_actor"}
 
 
-def main(argv: list[str]) -> None:
+def checked_params() -> dict:
+    """params.yaml `embed`, each value checked before any record is read or a model loaded."""
     p = params("embed")
     check_keys(p, "embed", KNOWN)
     check_param(p.get("part", "response"), "embed.part", str, choices=("response", "prompt", "all"))
@@ -32,9 +36,17 @@ def main(argv: list[str]) -> None:
     check_param(p.get("dtype", "float16"), "embed.dtype", str, choices=("float16", "float32"))
     check_param(p.get("project_dim"), "embed.project_dim", int, low=1, allow_none=True)
     check_param(p.get("project_seed", 0), "embed.project_seed", int, low=0)
-    engine = check_param(p.get("engine", "local"), "embed.engine", str, choices=ENGINES)
-    device = check_device(p.get("device"), "embed.device")
-    ray_opts = ray_params(p.get("ray") or {})
+    check_param(p.get("quality_seed", 0), "embed.quality_seed", int, low=0)
+    check_param(p.get("engine", "local"), "embed.engine", str, choices=ENGINES)
+    check_device(p.get("device"), "embed.device")
+    ray_params(p.get("ray") or {})
+    return p
+
+
+def main(argv: list[str]) -> None:
+    p = checked_params()
+    engine, device, ray_opts = p.get("engine", "local"), p.get("device"), ray_params(p.get("ray") or {})
+    quality_seed = p.get("quality_seed", 0)
     # both inputs checked before anything is embedded: a bad target record must not come after a written pool
     inputs = {
         "pool": read_examples("data/download/pool.jsonl"),
@@ -76,6 +88,14 @@ def main(argv: list[str]) -> None:
             feats = embed_records(model_dir, records, out, device=device, **common)
         dim = feats.dim
         print(f"embed: {name}: {len(feats)} examples, {len(feats.values)} tokens, d={feats.dim}")
+    # quality scores of the pool (infosift/quality.py): what a variant's filter drops by
+    model, tokenizer = load_model_and_tokenizer(model_dir, device=device, trust_remote_code=trust)
+    pool = TokenFeatures.load("data/features/pool", mmap=True)  # its p_next gives log p(r|q) and eos for free
+    stats = [pool.p_next[a:b] for a, b in zip(pool.offsets[:-1], pool.offsets[1:], strict=True)]
+    reuse = stats if common["part"] == "response" and pool.p_next is not None else None
+    scores = quality_scores(model, tokenizer, inputs["pool"], quality_seed, common["batch_tokens"], reuse)
+    save_quality("data/features/quality.npz", [str(r["id"]) for r in inputs["pool"]], scores)
+    print(f"embed: quality: pmi median {np.median(scores['pmi']):.2f}, eos median {np.median(scores['eos']):.3f}")
 
 
 def ray_params(section: dict) -> dict:

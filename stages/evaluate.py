@@ -3,7 +3,8 @@
 Writes results/evaluate/<name>/metrics.json (pooled numbers) and per_example.jsonl (one held-out NLL
 line per scored test record: {"id", "nll_sum", "n_tokens"}).
 
-'base' is the un-tuned reference. The judged suite reads MT-Bench from download.mirror_dir; with
+'base' is the un-tuned reference. The judged suite reads MT-Bench from data/mt_bench (the fetch_mt_bench stage's
+copy of evaluate.mt_bench.dir); with
 judge: api it asks an OpenAI-compatible server and caches the replies in .cache/judge/ (the key stays in
 the environment variable judge_api_key_env names).
 """
@@ -16,22 +17,37 @@ from pathlib import Path
 from infosift.data import MTBenchFiles, mt_bench_files, read_examples, read_mt_bench
 from infosift.errors import DataError, ModelResolutionError
 from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judged
+from infosift.evaluate.answer_span import compile_pattern
 from infosift.evaluate.gsm8k import write_task_file
 from infosift.models import ADAPTER_CONFIG, adapter_base, check_model_dir, model_fingerprint
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
 from stages.model import base_model_dir, model_params, trust_remote_code
 
-MT_BENCH_KEYS = {"limit", "judge", "judge_model", "judge_base_url", "judge_api_key_env", "max_new_tokens", "batch_size"}
+# dir: where fetch_mt_bench copies MT-Bench from (stages/fetch.py); this stage reads the copy in data/mt_bench
+MT_BENCH_KEYS = {
+    "limit",
+    "dir",
+    "judge",
+    "judge_model",
+    "judge_base_url",
+    "judge_api_key_env",
+    "max_new_tokens",
+    "batch_size",
+}
 GSM8K_KEYS = {"limit", "max_gen_toks", "batch_size"}
 JUDGE_CACHE = ".cache/judge"  # API judge replies by request hash: a rerun pays nothing (not a DVC output)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise StageError("usage: python -m stages.evaluate NAME   (NAME = base or <variant>-<budget>-<loss>)")
-    name = argv[0]
+def checked_params() -> dict:
+    """params.yaml `evaluate`, each value checked (suites, judge, device) before any model or file is read."""
     p = params("evaluate")
-    check_keys(p, "evaluate", {"n_test", "max_length", "batch_size", "gsm8k", "mt_bench", "device"})
+    check_keys(p, "evaluate", {"n_test", "max_length", "batch_size", "gsm8k", "mt_bench", "device", "answer_pattern"})
+    pattern = check_param(p.get("answer_pattern"), "evaluate.answer_pattern", str, allow_none=True)
+    if pattern is not None:
+        try:
+            compile_pattern(pattern)
+        except DataError as e:
+            raise StageError(f"params.yaml evaluate.answer_pattern: {e}") from None
     check_param(p.get("n_test"), "evaluate.n_test", int, low=1, allow_none=True)
     check_param(p.get("max_length", 512), "evaluate.max_length", int, low=8)
     check_param(p.get("batch_size", 8), "evaluate.batch_size", int, low=1)
@@ -40,8 +56,16 @@ def main(argv: list[str]) -> None:
         cfg = check_param(p.get(suite) or {}, f"evaluate.{suite}", dict)
         check_param(cfg.get("limit", 0), f"evaluate.{suite}.limit", int, low=0)
     check_gsm8k(p.get("gsm8k") or {})
+    check_mt_bench(p.get("mt_bench") or {})
+    return p
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise StageError("usage: python -m stages.evaluate NAME   (NAME = base or <variant>-<budget>-<loss>)")
+    name = argv[0]
+    p = checked_params()
     mt = p.get("mt_bench") or {}
-    check_mt_bench(mt)
     trust = trust_remote_code()
     model_dir = base_model_dir()[0] if name == "base" else Path("models") / name
     if not any((Path(model_dir) / f).exists() for f in ("config.json", ADAPTER_CONFIG)):
@@ -68,6 +92,7 @@ def main(argv: list[str]) -> None:
             batch_size=int(p.get("batch_size", 8)),
             device=p.get("device"),
             trust_remote_code=trust,
+            answer_pattern=p.get("answer_pattern"),
         )
         write_per_example(tmp / "per_example.jsonl", nll.pop("per_example"))
         metrics.update(nll)
@@ -108,9 +133,13 @@ def check_adapter_base(model_dir: Path) -> None:
         )
 
 
+PER_EXAMPLE = ("id", "nll_sum", "n_tokens", "answer_nll_sum", "answer_n_tokens")
+
+
 def write_per_example(path: Path, rows: list[dict]) -> None:
-    """One {id, nll_sum, n_tokens} per scored test record, for compare's paired intervals; metrics.json stays small."""
-    path.write_text("".join(json.dumps({k: r[k] for k in ("id", "nll_sum", "n_tokens")}) + "\n" for r in rows))
+    """One {id, nll_sum, n_tokens[, answer_nll_sum, answer_n_tokens]} per scored test record, for compare's paired
+    intervals; metrics.json stays small."""
+    path.write_text("".join(json.dumps({k: r[k] for k in PER_EXAMPLE if k in r}) + "\n" for r in rows))
 
 
 def check_gsm8k(gsm: dict) -> None:
@@ -126,6 +155,7 @@ def check_mt_bench(mt: dict) -> None:
     check_param(mt.get("max_new_tokens", 256), "evaluate.mt_bench.max_new_tokens", int, low=1)
     check_param(mt.get("batch_size", 4), "evaluate.mt_bench.batch_size", int, low=1)
     check_param(mt.get("judge_model", "base"), "evaluate.mt_bench.judge_model", str)
+    check_param(mt.get("dir", ""), "evaluate.mt_bench.dir", str)
     judge = check_param(mt.get("judge", "overlap"), "evaluate.mt_bench.judge", str, choices=tuple(JUDGES))
     if judge == "api":
         check_param(mt.get("judge_base_url"), "evaluate.mt_bench.judge_base_url", str)
@@ -136,10 +166,10 @@ def check_mt_bench(mt: dict) -> None:
 
 
 def mt_bench_files_of_params() -> MTBenchFiles:
-    """MT-Bench's files under download.mirror_dir; missing ones are an error naming evaluate.mt_bench."""
-    mirror = check_param(params("download").get("mirror_dir", "../shared/data"), "download.mirror_dir", str)
+    """MT-Bench's files as the fetch_mt_bench stage copied them to data/mt_bench; missing ones are an error naming
+    evaluate.mt_bench (its dir, when the fetch could not bring them)."""
     try:
-        return mt_bench_files(mirror)
+        return mt_bench_files("data")
     except DataError as e:
         raise StageError(f"evaluate.mt_bench: {e}") from None
 

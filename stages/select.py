@@ -6,6 +6,8 @@ GIP's targets or scores, DSIR's n-gram importance weights toward the target slic
 ``select.budget_unit``: tokens (what a fine-tune pays for) or examples. A seeded selector (random,
 density) selects once per seed in ``select.seeds``; a deterministic one selects once and writes that
 selection for every seed, so each seed still gets its own fine-tune.
+A variant's ``filter: {score: pmi | eos, drop: share}`` drops that share of the pool with the lowest quality
+score (data/features/quality.npz, written by embed) before its selector runs (select/filtered.py).
 Distributed selection: ``select.partitions`` k > 1 runs every distributable variant (fishersft, sentence_od;
 a variant may set its own ``partitions``) as GreeDi, the two-round distributed greedy of select/greedi.py, its
 partition drawn with the seed; ``select.engine: ray`` runs round 1 as Ray tasks on ``select.ray.address``
@@ -26,11 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from infosift.data import read_records
+from infosift.errors import SelectionError
 from infosift.features import TokenFeatures
 from infosift.manifest import build_manifest, path_sha256
+from infosift.quality import SCORES, load_quality
 from infosift.queries import QuerySource, get_query, query_options
 from infosift.select import distributable, get_selector
 from infosift.select.base import UNITS
+from infosift.select.filtered import Filtered, check_drop
 from infosift.select.greedi import ENGINES
 from infosift.subset import chosen_rows, write_rows
 from stages._common import (
@@ -48,6 +53,7 @@ from stages._common import (
 KNOWN = {"run", "budget_unit", "budgets", "seeds", "partitions", "engine", "ray", "variants"}
 FEATURES = Path("data/features")
 DOWNLOAD = Path("data/download")
+QUALITY = FEATURES / "quality.npz"
 
 
 def variant_config(name: str, p: dict) -> tuple[str, dict, str | None]:
@@ -70,6 +76,19 @@ def scalar_info(info: dict) -> dict:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in keep.items() if not k.endswith("_s")}
 
 
+def filter_config(name: str, cfg: object) -> dict | None:
+    """A variant's ``filter: {score, drop}`` (see select/filtered.py), checked before any features are read."""
+    if cfg is None:
+        return None
+    where = f"select.variants.{name}.filter"
+    check_keys(check_param(cfg, where, dict), where, {"score", "drop"})
+    score = check_param(cfg.get("score"), f"{where}.score", str, choices=SCORES)
+    try:
+        return {"score": score, "drop": check_drop(cfg.get("drop"))}
+    except SelectionError as e:
+        raise StageError(f"params.yaml {where}.drop: {e}") from None
+
+
 def distribution(p: dict, selector: str, sel_params: dict) -> dict:
     """get_selector's partitions / engine / ray_address for this variant; {} when it runs as one greedy here."""
     partitions = check_param(p.get("partitions", 1), "select.partitions", int, low=1)
@@ -85,19 +104,28 @@ def distribution(p: dict, selector: str, sel_params: dict) -> dict:
     return out if out["partitions"] != 1 or out["engine"] != "local" else {}
 
 
+def checked_variant(name: str, p: dict) -> tuple[str, list[int], tuple]:
+    """(budget unit, seeds, (selector name, its params, query, query options, query kind, selector, filter)) of
+    variant ``name`` in the select section ``p``, each checked and the selector built, before any features are
+    read."""
+    unit = check_param(p.get("budget_unit", "examples"), "select.budget_unit", str, choices=UNITS)
+    check_keys(p, "select", KNOWN)
+    seeds = check_items(p.get("seeds", [0]), "select.seeds", int, low=0)
+    selector_name, sel_params, query = variant_config(name, p)
+    filt = filter_config(name, sel_params.pop("filter", None))
+    query_cfg = {k: sel_params.pop(k) for k in query_options() if k in sel_params}
+    query_kind = None if query is None else get_query(query)
+    scale = distribution(p, selector_name, sel_params)
+    selector = get_selector(selector_name, **{**sel_params, **scale})
+    return unit, seeds, (selector_name, sel_params, query, query_cfg, query_kind, selector, filt)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise StageError("usage: python -m stages.select VARIANT BUDGET")
     name, budget = argv[0], whole_number(argv[1], "budget")
     p = params("select")
-    unit = check_param(p.get("budget_unit", "examples"), "select.budget_unit", str, choices=UNITS)
-    check_keys(p, "select", KNOWN)
-    seeds = check_items(p.get("seeds", [0]), "select.seeds", int, low=0)
-    selector_name, sel_params, query = variant_config(name, p)
-    query_cfg = {k: sel_params.pop(k) for k in query_options() if k in sel_params}
-    query_kind = None if query is None else get_query(query)
-    scale = distribution(p, selector_name, sel_params)
-    selector = get_selector(selector_name, **{**sel_params, **scale})
+    unit, seeds, (selector_name, sel_params, query, query_cfg, query_kind, selector, filt) = checked_variant(name, p)
     features = TokenFeatures.load(FEATURES / "pool", mmap=True)
     try:  # corrupted features are an error for every selector, also those that never read the values
         features.check_finite()
@@ -105,6 +133,9 @@ def main(argv: list[str]) -> None:
         raise StageError(f"{FEATURES / 'pool'}: {e}; rerun embed") from None
     source = QuerySource(ids=features.ids, features=FEATURES, download=DOWNLOAD, options=query_cfg)
     extra, input_hashes = ({}, {}) if query_kind is None else query_kind(source)
+    if filt is not None:  # drop the worst share of the pool by a quality score embed wrote, select from the rest
+        selector = Filtered(selector, load_quality(QUALITY, features.ids)[filt["score"]], filt["drop"], filt["score"])
+        input_hashes["quality"] = path_sha256(QUALITY)
     deterministic = bool(getattr(selector, "deterministic", False))
     pool = {r["id"]: r for r in read_records(DOWNLOAD / "pool.jsonl")}  # for subset.jsonl
 
@@ -120,7 +151,7 @@ def main(argv: list[str]) -> None:
             manifest = build_manifest(
                 variant=name,
                 selector=selector_name,
-                params={**sel_params, **query_cfg, "query": query},
+                params={**sel_params, **query_cfg, "query": query, **({"filter": filt} if filt else {})},
                 budget=budget,
                 seed=seed,
                 ids=features.ids,

@@ -1,6 +1,6 @@
 """DVC stage `sketch`: rank candidate source pools for a target dataset by FisherSketch alignment.
 
-params.yaml `sketch`: target (normalized JSONL), sources {name: JSONL}, m, seed, batch_size,
+params.yaml `sketch`: target (normalized JSONL), sources {name: JSONL or mt_bench}, m, seed, batch_size,
 max_length, max_records (seeded subsample per corpus: a CPU sketches ~250 tokens/s at K=49,152).
 Writes results/sketch/ranking.json (best source first) and results/sketch/alignment.png.
 Run: python -m stages.sketch
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from infosift.data import load_mt_bench, read_examples, subsample
-from infosift.errors import SketchError
+from infosift.errors import DataError, SketchError
 from infosift.models import load_model_and_tokenizer
 from infosift.plots import alignment_heatmap
 from infosift.sketch import alignment_matrix, rank_sources, sketch_corpus
@@ -26,10 +26,12 @@ M_MAX = 1 << 20  # sketch width: 2^20 features is 4 MB per signature and far pas
 
 
 def _records(path: str, max_records: int | None, seed: int) -> list[dict]:
-    """A normalized JSONL file, or `mt_bench` (read from the download stage's mirror directory)."""
+    """A normalized JSONL file, or `mt_bench` (data/mt_bench: fetch_mt_bench's copy of evaluate.mt_bench.dir)."""
     if path == "mt_bench":
-        mirror = check_param(params("download").get("mirror_dir"), "download.mirror_dir", str)
-        return subsample(load_mt_bench(mirror), max_records, seed)
+        try:
+            return subsample(load_mt_bench("data"), max_records, seed)
+        except DataError as e:
+            raise StageError(f"sketch.sources mt_bench: {e}") from None
     if not Path(path).exists():
         raise StageError(f"sketch corpus {path} not found")
     records = subsample(read_examples(path), max_records, seed)

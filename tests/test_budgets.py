@@ -52,6 +52,8 @@ EXTRA = [
     ("fishersft", {"weighting": "length"}),
     ("fishersft", {"ridge": 0.1, "batch": 2, "refactor_every": 3}),
     ("gip", {"normalize": True}),
+    ("length_matched", {"of": {"selector": "fishersft", "weighting": "length"}, "bins": 3}),
+    ("typicality", {"k_nn": 3, "n_init": 1}),
 ]
 VARIANTS = [(name, {}) for name in available()] + [(n, p) for n, p in EXTRA if n in available()]
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in params.items()) for name, params in VARIANTS]
@@ -76,7 +78,7 @@ def assert_filled(indices: np.ndarray, costs: np.ndarray, budget: int) -> None:
 def test_every_registered_selector_is_covered():
     names = {name for name, _ in VARIANTS}
     assert names == set(available())
-    assert {"fishersft", "sentence_od", "gip", "random", "density"} <= names
+    assert {"fishersft", "sentence_od", "gip", "random", "density", "typicality", "length", "length_matched"} <= names
 
 
 @pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)

@@ -4,6 +4,7 @@ and the Prefect flow takes its stage order from it."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,7 @@ def test_flow_takes_stage_order_from_dvc_yaml(tmp_path):
     assert dvc_stages(tmp_path / "dvc.yaml") == ["b", "a"]
 
 
-@pytest.mark.parametrize("index", range(9))
+@pytest.mark.parametrize("index", range(len(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])))
 def test_stage_order_puts_producers_first(index):
     """A stage never comes before a stage whose outputs it reads (so running them in order is valid)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -114,3 +115,41 @@ def test_stage_order_puts_producers_first(index):
         for later in names[index + 1 :]:
             for out in outs(stages[later]):
                 assert not root_of(str(dep)).startswith(root_of(out)) or not root_of(out), (name, dep, later, out)
+
+
+FETCHING = ("fetch", "fetch_mt_bench")  # the stages that bring data from outside the repository under data/
+
+
+def outside_deps(root: Path) -> dict[str, list[str]]:
+    """stage -> its deps that name a path outside the repository: absolute, above it (..), or made of a param
+    (a mirror folder) rather than the stage's own matrix item. The fetching stages are the door and exempt."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    found = {}
+    for name, stage in stages.items():
+        outside = [
+            d
+            for d in map(str, stage.get("deps", []))
+            if d.startswith(("/", "~")) or ".." in Path(d).parts or re.search(r"\$\{(?!item\.)", d)
+        ]
+        if outside and name not in FETCHING:
+            found[name] = outside
+    return found
+
+
+def test_only_the_fetching_stages_read_from_outside_the_repository():
+    assert outside_deps(ROOT) == {}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    # they find their sources by params, so DVC cannot hash them: they look on every repro instead
+    assert all(stages[name].get("always_changed") is True for name in FETCHING)
+
+
+def test_the_outside_check_fails_on_a_mirror_dep(tmp_path):
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    spec["stages"]["evaluate"]["deps"].append("${download.mirror_dir}/mt_bench")
+    spec["stages"]["sketch"]["deps"].append("../shared/data/mt_bench")
+    spec["stages"]["fetch"]["deps"].append("/data/own.jsonl")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    assert outside_deps(tmp_path) == {
+        "evaluate": ["${download.mirror_dir}/mt_bench"],
+        "sketch": ["../shared/data/mt_bench"],
+    }

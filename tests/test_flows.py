@@ -7,10 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,6 +21,7 @@ import yaml
 import flows.pipeline as fp
 from flows.serve import declared, deployment
 from infosift.hashing import file_sha256
+from stages._common import EXIT_BAD_INPUT, EXIT_TRANSIENT
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +29,15 @@ def prefect_api():
     """A throwaway Prefect API and database for this module's flow runs (started and stopped cleanly)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # 30 s by default: too short on a busy machine
         yield
 
 
 @pytest.fixture
 def fake_dvc(tmp_path, monkeypatch, prefect_api):
-    """A `dvc` on PATH that logs its arguments and fails for the stage named in FAKE_DVC_FAIL; the flow's
-    workspace is tmp_path (no compare outputs unless a test writes them)."""
+    """A `dvc` on PATH that logs its arguments and fails for the stage named in FAKE_DVC_FAIL (as DVC reports a
+    stage command's exit code FAKE_DVC_EXIT, if set); the flow's workspace is tmp_path (no compare outputs unless
+    a test writes them), retrying twice without delay."""
     log = tmp_path / "calls.log"
     script = tmp_path / "bin" / "dvc"
     script.parent.mkdir()
@@ -41,25 +46,30 @@ def fake_dvc(tmp_path, monkeypatch, prefect_api):
         f'echo "$*" >> {log}\n'
         'if [ "$1" = "status" ]; then exit "${FAKE_DVC_STATUS:-1}"; fi\n'
         "echo \"Running stage '$2'\"\n"
+        'if [ "$2" = "$FAKE_DVC_FAIL" ] && [ -n "$FAKE_DVC_EXIT" ]; then\n'
+        "  echo \"ERROR: failed to reproduce '$2': failed to run: python -m stages.$2, exited with $FAKE_DVC_EXIT\"\n"
+        "  exit 255\n"
+        "fi\n"
         'if [ "$2" = "$FAKE_DVC_FAIL" ]; then echo "boom" >&2; exit 3; fi\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(fp, "dvc_repro", fp.dvc_repro.with_options(retries=0))  # no 30 s retry waits
+    (tmp_path / "params.yaml").write_text("flow: {retries: 2, retry_delay_s: 0}\n")
     monkeypatch.setattr(fp, "ROOT", tmp_path)
+    monkeypatch.setattr(fp, "check_config", lambda *a, **k: None)  # the real config's checks: tests/test_own_data.py
     return log
 
 
 def test_flow_runs_each_stage_in_order(fake_dvc):
     assert fp.main(["--stages", "download", "select", "compare"]) == 0
     calls = fake_dvc.read_text().splitlines()
-    assert calls == ["status --quiet download select compare", "repro download", "repro select", "repro compare"]
+    assert calls == ["status --json download select compare", "repro download", "repro select", "repro compare"]
 
 
 def test_up_to_date_workspace_costs_one_status_check(fake_dvc, monkeypatch):
     monkeypatch.setenv("FAKE_DVC_STATUS", "0")
     assert fp.main(["--stages", "download", "select", "compare"]) == 0
-    assert fake_dvc.read_text().splitlines() == ["status --quiet download select compare"]
+    assert fake_dvc.read_text().splitlines() == ["status --json download select compare"]
 
 
 def test_force_skips_the_status_check(fake_dvc, monkeypatch):
@@ -73,7 +83,118 @@ def test_failing_stage_stops_the_flow_with_one_error_line(fake_dvc, monkeypatch,
     assert fp.main(["--stages", "download", "select", "compare"]) == 1
     assert fake_dvc.read_text().splitlines()[1:] == ["repro download", "repro select"]  # compare never ran
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert errors == ["error: dvc repro select failed with exit code 3"]
+    assert errors == ["error: dvc repro select failed with exit code 3: dvc failed (exit 3) before or outside a "
+                      "stage's command"]  # fmt: skip
+
+
+def test_a_stages_own_error_is_not_retried(fake_dvc, monkeypatch, caplog):
+    """Exit EXIT_BAD_INPUT (the stage printed its `error:` line): the same input fails again, so one attempt."""
+    monkeypatch.setenv("FAKE_DVC_FAIL", "select")
+    monkeypatch.setenv("FAKE_DVC_EXIT", str(EXIT_BAD_INPUT))
+    assert fp.main(["--stages", "download", "select", "compare"]) == 1
+    assert fake_dvc.read_text().splitlines()[1:] == ["repro download", "repro select"]
+    assert "dvc repro select: the stage's own error (bad params, data or files)" in caplog.text
+    assert "; not retried" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("code", "why"),
+    [
+        ("-15", "killed by SIGTERM"),
+        ("137", "killed by SIGKILL (out of memory?)"),
+        (str(EXIT_TRANSIENT), "(network, timeout, memory)"),
+    ],
+)
+def test_a_failure_that_may_heal_is_retried(fake_dvc, monkeypatch, capsys, caplog, code, why):
+    """Killed by a signal, or the stage's EXIT_TRANSIENT: retried params.yaml flow.retries times (2), then the
+    error; the stages after it never run."""
+    monkeypatch.setenv("FAKE_DVC_FAIL", "select")
+    monkeypatch.setenv("FAKE_DVC_EXIT", code)
+    assert fp.main(["--stages", "download", "select", "compare"]) == 1
+    assert fake_dvc.read_text().splitlines()[1:] == ["repro download"] + ["repro select"] * 3
+    assert caplog.text.count(f"{why}; may heal, retried while retries remain") == 3
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: dvc repro select failed with exit code 255: ")
+    assert why in errors[0]
+
+
+def test_a_stop_while_waiting_to_retry_ends_the_run_at_once(fake_dvc, monkeypatch, tmp_path, capsys):
+    """SIGTERM during the 30 s wait before a retry: exit 143 in seconds, the retry never runs."""
+    import signal
+    import threading
+
+    (tmp_path / "params.yaml").write_text("flow: {retries: 2, retry_delay_s: 30}\n")
+    monkeypatch.setenv("FAKE_DVC_FAIL", "select")
+    monkeypatch.setenv("FAKE_DVC_EXIT", "-9")
+
+    def stop_once_select_failed():
+        deadline = time.monotonic() + 120
+        while "repro select" not in (fake_dvc.read_text() if fake_dvc.exists() else ""):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+        time.sleep(1)  # into the retry's wait
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    killer = threading.Thread(target=stop_once_select_failed, daemon=True)
+    killer.start()
+    start = time.monotonic()
+    assert fp.main(["--stages", "select", "compare"]) == 128 + signal.SIGTERM
+    assert time.monotonic() - start < 25
+    assert fake_dvc.read_text().splitlines()[1:] == ["repro select"]
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is given back
+
+
+def test_retries_come_from_params(fake_dvc, monkeypatch, tmp_path):
+    (tmp_path / "params.yaml").write_text("flow: {retries: 0, retry_delay_s: 0}\n")
+    monkeypatch.setenv("FAKE_DVC_FAIL", "select")
+    monkeypatch.setenv("FAKE_DVC_EXIT", "-9")
+    assert fp.main(["--stages", "select"]) == 1
+    assert fake_dvc.read_text().splitlines()[1:] == ["repro select"]
+
+
+def test_bad_flow_params_are_one_error_line(fake_dvc, tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text("flow: {retries: -1}\n")
+    assert fp.main(["--stages", "select"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == ["error: params.yaml flow.retries: must be >= 0, got -1"]
+    assert not fake_dvc.exists()  # nothing ran
+
+
+def test_a_field_the_data_lacks_fails_at_once_with_the_stages_error_line(tmp_path, monkeypatch, caplog, capsys,
+                                                                          prefect_api):  # fmt: skip
+    """The real download stage under real DVC, told to read a column the data does not have: its `error:` line,
+    exit EXIT_BAD_INPUT, one attempt in seconds although params.yaml allows 2 retries 30 s apart."""
+    from tests.test_e2e import TINY_PARAMS
+    from tests.tiny import gsm_rows, write_jsonl
+
+    repo = tmp_path / "repo"
+    for item in ("stages", "infosift"):
+        shutil.copytree(fp.ROOT / item, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
+    stages = yaml.safe_load((fp.ROOT / "dvc.yaml").read_text())["stages"]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: stages[s] for s in ("fetch", "download")}}))
+    write_jsonl(tmp_path / "mirror/gsm8k/train.jsonl", gsm_rows(30, seed=0))
+    write_jsonl(tmp_path / "mirror/gsm8k/test.jsonl", gsm_rows(10, seed=1))
+    params = {
+        "download": {**TINY_PARAMS["download"], "mirror_dir": str(tmp_path / "mirror"), "pool_size": 10,
+                     "target_size": 4, "test_size": 4, "fields": {"prompt": "instruction", "response": "answer"}},
+        "flow": {"retries": 2, "retry_delay_s": 30},
+    }  # fmt: skip
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo).returncode == 0
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # DVC's `python`
+    monkeypatch.setattr(fp, "ROOT", repo)
+    start = time.monotonic()
+    assert fp.main(["--stages", "fetch", "download"]) == 1
+    assert time.monotonic() - start < 30  # no retry waited its 30 s
+    stage_errors = [m for m in caplog.messages if m.startswith("error: ")]
+    assert len(stage_errors) == 1 and "instruction" in stage_errors[0], caplog.messages  # the stage's own line
+    assert sum(m.startswith("Running stage 'download'") for m in caplog.messages) == 1
+    assert f"exited with {EXIT_BAD_INPUT}" in caplog.text and "; not retried" in caplog.text
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the stage's own error" in errors[0]
+    assert not (repo / "data/download").exists()
 
 
 def test_ray_path_fans_out_finetune_and_evaluate_of_the_real_dvc_yaml(fake_dvc, monkeypatch):
@@ -236,6 +357,7 @@ def workspace(tmp_path, monkeypatch, prefect_api):
     (repo / "dvc.yaml").write_text(PARALLEL_DVC_YAML.format(py=sys.executable, log=log))
     assert subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo).returncode == 0
     monkeypatch.setattr(fp, "ROOT", repo)
+    monkeypatch.setattr(fp, "check_config", lambda *a, **k: None)  # this repo has no params.yaml to check
 
     def run_here(group, items, address, cpus, gpus):
         results = []

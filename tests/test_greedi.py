@@ -16,6 +16,7 @@ from infosift.features import TokenFeatures
 from infosift.select import SelectionError, get_selector
 from infosift.select.base import SelectionResult
 from infosift.select.greedi import greedi, partition
+from stages._common import EXIT_BAD_INPUT, EXIT_TRANSIENT
 from tests.test_budgets import pool
 from tests.test_stage_errors import assert_one_error_line, run_stage
 from tests.test_stochastic_greedy import objective
@@ -157,7 +158,7 @@ def stage_workspace(tmp_path: Path, select: dict, fishersft: dict | None = None)
 
 
 def run_select(cwd: Path, monkeypatch, capsys, *argv: str) -> str:
-    """stages.select in this process (no interpreter start-up): returns its stderr; exit code 1 on bad input."""
+    """stages.select in this process (no interpreter start-up): returns its stderr; EXIT_BAD_INPUT on bad input."""
     from stages import select as stage
     from stages._common import run
 
@@ -166,7 +167,7 @@ def run_select(cwd: Path, monkeypatch, capsys, *argv: str) -> str:
     try:
         run(stage.main)
     except SystemExit as e:
-        assert e.code == 1
+        assert e.code == EXIT_BAD_INPUT
     return capsys.readouterr().err
 
 
@@ -210,5 +211,6 @@ def test_stage_unreachable_ray_address_is_one_line_at_once(tmp_path):
     """A real stage process: Ray would retry a dead address for minutes; this ends at once, in one line."""
     port = closed_port()
     cwd = stage_workspace(tmp_path, {"engine": "ray", "partitions": 2, "ray": {"address": f"127.0.0.1:{port}"}})
-    assert_one_error_line(run_stage(cwd, "stages.select", "fishersft", "6"), f"cannot reach Ray at 127.0.0.1:{port}")
+    proc = run_stage(cwd, "stages.select", "fishersft", "6")
+    assert_one_error_line(proc, f"cannot reach Ray at 127.0.0.1:{port}", EXIT_TRANSIENT)  # a rerun may find it up
     assert not (cwd / "results/select/fishersft-6").exists()

@@ -24,6 +24,7 @@ import yaml
 
 from infosift.errors import JudgeError
 from infosift.evaluate import ApiJudge, get_judge, mt_bench_judged
+from stages._common import EXIT_BAD_INPUT
 from tests.tiny import write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,9 +242,8 @@ def stage_workspace(tmp_path: Path, tiny_model_dir, gsm_records, mt_files, mt_be
     write_jsonl(cwd / "data/download/test.jsonl", gsm_records[:2])
     evaluate = {"n_test": 1, "max_length": 64, "batch_size": 1, "device": "cpu", "gsm8k": {"limit": 0},
                 "mt_bench": {"limit": 1, "max_new_tokens": 2, "batch_size": 1, **mt_bench}}  # fmt: skip
-    (cwd / "params.yaml").write_text(
-        yaml.safe_dump({"download": {"mirror_dir": mt_files["mirror"]}, "evaluate": evaluate})
-    )
+    shutil.copytree(Path(mt_files["mirror"]) / "mt_bench", cwd / "data/mt_bench")  # as fetch_mt_bench copies it
+    (cwd / "params.yaml").write_text(yaml.safe_dump({"evaluate": evaluate}))
     return cwd
 
 
@@ -253,7 +253,7 @@ def test_stage_with_unreachable_judge_prints_one_error_line(tmp_path, tiny_model
     mt = {"judge": "api", "judge_base_url": url, "judge_model": "judge-model", "judge_api_key_env": KEY_ENV}
     cwd = stage_workspace(tmp_path, tiny_model_dir, gsm_records, mt_files, mt)
     proc = run_stage(cwd, "stages.evaluate", "m")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]  # above it: retry warnings
     assert len(lines) == 1 and f"judge at {url}/chat/completions" in lines[0], proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == lines[0] and "no answer after 4 attempts" in lines[0]
@@ -275,6 +275,6 @@ def test_stage_rejects_incomplete_api_judge_settings(
     cwd = stage_workspace(tmp_path, tiny_model_dir, gsm_records, mt_files, mt_bench)
     proc = run_stage(cwd, "stages.evaluate", "m")
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
-        proc.stderr
-    )
+    assert (
+        proc.returncode == EXIT_BAD_INPUT and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    ), proc.stderr

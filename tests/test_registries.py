@@ -21,6 +21,7 @@ import infosift.select as select
 from infosift.errors import InfosiftError, SelectionError
 from infosift.features import TokenFeatures
 from infosift.manifest import path_sha256
+from stages._common import EXIT_BAD_INPUT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +43,7 @@ def test_every_registered_selector_module_is_discovered():
     package = ROOT / "infosift" / "select"
     names = set().union(*(registered_names(f) for f in package.glob("*.py")))
     assert {"density", "dsir", "fishersft", "gip", "random", "sentence_od"} <= names
+    assert {"length", "length_matched", "typicality"} <= names
     assert names == set(select.available())
 
 
@@ -167,5 +169,5 @@ def test_select_stage_names_an_unknown_query_kind_before_reading_features(tmp_pa
     proc = subprocess.run(
         [sys.executable, "-m", "stages.select", "odd", "2"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert proc.returncode == 1
+    assert proc.returncode == EXIT_BAD_INPUT
     assert proc.stderr.strip() == "error: unknown query kind 'bogus' (use dsir, ma, scores or targets)"

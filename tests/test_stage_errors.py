@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from infosift.features import TokenFeatures
-from stages._common import StageError
+from stages._common import EXIT_BAD_INPUT, StageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,8 +24,8 @@ def run_stage(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
-def assert_one_error_line(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    assert proc.returncode == 1, proc.stderr
+def assert_one_error_line(proc: subprocess.CompletedProcess, pattern: str, code: int = EXIT_BAD_INPUT) -> None:
+    assert proc.returncode == code, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and pattern in lines[0], lines[0]
@@ -346,7 +346,7 @@ def test_error_after_a_progress_bar_starts_its_own_line(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["stage"])
     with pytest.raises(SystemExit) as exit_:
         run(main)
-    assert exit_.value.code == 1
+    assert exit_.value.code == EXIT_BAD_INPUT
     lines = capsys.readouterr().err.split("\n")
     assert "error: pool.jsonl:2: missing field 'response'" in lines
 
@@ -631,7 +631,9 @@ def evaluate_workspace(monkeypatch, tmp_path: Path, tiny_model_dir: Path, evalua
     shutil.copytree(tiny_model_dir, tmp_path / "models" / "v-5-s0-nll")
     (tmp_path / "data" / "download").mkdir(parents=True)
     (tmp_path / "data/download/test.jsonl").write_text('{"id": "a", "prompt": "what is 3 ?", "response": "3"}\n')
-    params = {"model": {"base_model": str(tiny_model_dir)}, "download": {"mirror_dir": mirror}, "evaluate": evaluate}
+    if Path(mirror, "mt_bench").is_dir():  # where the fetch_mt_bench stage would have copied it
+        shutil.copytree(Path(mirror, "mt_bench"), tmp_path / "data" / "mt_bench")
+    params = {"model": {"base_model": str(tiny_model_dir)}, "evaluate": evaluate}
     return in_workspace(monkeypatch, tmp_path, params)
 
 
@@ -724,7 +726,7 @@ def one_error_line(monkeypatch, capsys, main, argv: list[str]) -> str:
     monkeypatch.setattr(sys, "argv", ["stage", *argv])
     with pytest.raises(SystemExit) as exit_:
         run(main)
-    assert exit_.value.code == 1
+    assert exit_.value.code == EXIT_BAD_INPUT
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]

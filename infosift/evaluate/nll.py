@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from infosift.chat import collate, encode_record, pad_id_of, truncation_report
+from infosift.evaluate.answer_span import answer_encodings
 from infosift.evaluate.hf import load_causal_lm
 
 
@@ -67,8 +68,13 @@ def heldout_nll(
     batch_size: int = 8,
     device: str | None = None,
     trust_remote_code: bool = False,
+    answer_pattern: str | None = None,
 ) -> dict:
     """-log p of the assistant tokens of `records` (whole conversations), pooled and per example.
+
+    With ``answer_pattern`` (a regex for the dataset's answer, GSM8K's ``#### n`` line) the answer's tokens are
+    also scored alone (``answer_nll_per_token``; per example ``answer_nll_sum``/``answer_n_tokens``), so that the
+    format tokens a short fine-tune learns first cannot hide a difference in content.
 
     Returns {nll_per_token, n_examples, n_tokens, n_truncated, n_emptied, per_example}; per_example[i] =
     {id, nll_sum, n_tokens} belongs to records[i]. max_length keeps the head of each conversation
@@ -82,7 +88,9 @@ def heldout_nll(
     pad_id = pad_id_of(tokenizer)
     encoded = [encode_record(tokenizer, r, max_length) for r in records]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
+    answers = answer_encodings(tokenizer, records, answer_pattern, max_length) if answer_pattern else None
     sums, counts = [0.0] * len(records), [0] * len(records)
+    a_sums, a_counts = [0.0] * len(records), [0] * len(records)
     precision = fp32_matmuls() if device_type == "cuda" else nullcontext()
     with precision, torch.autocast(device_type, enabled=False):  # also off if a caller autocasts around us
         for start in tqdm(range(0, len(order), batch_size), desc="held-out NLL", leave=False):
@@ -90,15 +98,29 @@ def heldout_nll(
             batch = collate([encoded[i] for i in rows], pad_id)
             ids = batch["input_ids"].to(model.device)
             attn, resp = batch["attention_mask"].to(model.device), batch["response_mask"].to(model.device)
-            s, n = response_nll_rows(model(input_ids=ids, attention_mask=attn).logits, ids, resp)
+            logits = model(input_ids=ids, attention_mask=attn).logits
+            s, n = response_nll_rows(logits, ids, resp)
             for i, si, ni in zip(rows, s.tolist(), n.tolist(), strict=True):
                 sums[i], counts[i] = si, int(ni)
+            if answers is not None:
+                ab = {k: v.to(model.device) for k, v in collate([answers[i] for i in rows], pad_id).items()}
+                if any(answers[i].input_ids != encoded[i].input_ids for i in rows):  # a conversation: its last pair
+                    logits = model(input_ids=ab["input_ids"], attention_mask=ab["attention_mask"]).logits
+                sa, na = response_nll_rows(logits, ab["input_ids"], ab["response_mask"])
+                for i, si, ni in zip(rows, sa.tolist(), na.tolist(), strict=True):
+                    a_sums[i], a_counts[i] = si, int(ni)
     n_tokens = sum(counts)
     cut = truncation_report(encoded, [r["id"] for r in records])
     if n_tokens == 0:
         raise ValueError("no response tokens to score (are responses empty or cut by max_length?)")
     per_example = [{"id": r["id"], "nll_sum": s, "n_tokens": n} for r, s, n in zip(records, sums, counts, strict=True)]
+    extra = {}
+    if answers is not None:
+        for row, sa, na in zip(per_example, a_sums, a_counts, strict=True):
+            row.update(answer_nll_sum=sa, answer_n_tokens=na)
+        extra = {"answer_nll_per_token": sum(a_sums) / max(sum(a_counts), 1), "answer_n_tokens": sum(a_counts)}
     return {
+        **extra,
         "nll_per_token": sum(sums) / n_tokens,
         "n_examples": len(records),
         "n_tokens": n_tokens,
