@@ -3,7 +3,8 @@
   select  infosift.select_file (select from a file of your own)   export  infosift.subset (a selection's rows)
   run     flows.pipeline, in a checkout                          evidence  flows.evidence, in a checkout
 
-Bad input ends in one line ``error: <what>`` and exit code 1; nothing half-written is left behind.
+Bad input ends in one line ``error: <what>`` and exit code 65 (64 for a bad command line); nothing half-written
+is left behind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from infosift.errors import InfosiftError
 
 FLOWS = {"run": "flows.pipeline", "evidence": "flows.evidence"}
+# exit codes as the stages end (stages/_common.py; BSD sysexits.h): a rerun with the same input fails the same way
+EXIT_USAGE = 64  # a command line the parser rejects, or a verb run where it cannot work
+EXIT_BAD_INPUT = 65  # bad data, files, manifests, selectors or budgets
 PROG = "infosift"
 DESCRIPTION = """Pick the most informative examples of an SFT dataset.
 
@@ -111,7 +115,7 @@ def run_flow(module: str, args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: sys.argv[1:]) and run the verb; bad input is one ``error:`` line and exit 1."""
+    """Parse ``argv`` (default: sys.argv[1:]) and run the verb; its exit code (bad input: one ``error:`` line)."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):  # no hub unless the user asks
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InfosiftError, OSError) as e:
         _end_progress_bars()
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_BAD_INPUT
 
 
 def _flow_help(parser: Parser, verb: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infosift.cli import main
+from infosift.cli import EXIT_BAD_INPUT, EXIT_USAGE, main
 from infosift.data import dataset_spec, normalize_row
 from infosift.manifest import read_manifest
 from tests.tiny import gsm_rows, write_jsonl
@@ -165,15 +165,28 @@ def bad_setup(tmp_path_factory, tiny_model_dir):
 def test_bad_input_is_one_error_line_and_writes_nothing(case, bad_setup, tiny_model_dir, capsys):
     tmp, data = bad_setup
     capsys.readouterr()
-    assert main(bad_cases(data, tmp, tiny_model_dir)[case]) == 1
+    assert main(bad_cases(data, tmp, tiny_model_dir)[case]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()  # progress bars may come first, on stderr
     assert [line for line in err if "error" in line] == err[-1:] and err[-1].startswith("error: "), err
     assert not (tmp / "out").exists() or not any((tmp / "out").iterdir())
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["nosuchverb"], ["select", "d.jsonl", "--selector", "random"], ["select", "d.jsonl", "--selector", "random",
+     "--budget", "2.5", "--out", "o.jsonl"], ["export", "m.json", "--format", "jsonl", "--bogus"]],
+)  # fmt: skip
+def test_a_bad_command_line_is_one_usage_line(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: infosift"), err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_run_outside_a_checkout_is_one_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["run"]) == 1
+    assert main(["run"]) == EXIT_USAGE
     assert capsys.readouterr().err.startswith(f"error: {tmp_path}: not an infosift checkout")
 
 
@@ -199,7 +212,7 @@ def test_console_script_and_module_entry(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "infosift.cli", "export", "x.json", "--format", "jsonl"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: x.json: not found")
+    assert proc.returncode == EXIT_BAD_INPUT and proc.stderr.strip().startswith("error: x.json: not found")
     proc = subprocess.run([sys.executable, "-m", "infosift.cli", "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0 and "select" in proc.stdout
