@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     except SystemExit as e:  # --help, which argparse ends with sys.exit(0)
         return e.code if isinstance(e.code, int) else 0
-    except (InfosiftError, OSError) as e:
+    except (InfosiftError, OSError, ValueError) as e:  # what the stages take for bad input too
         _end_progress_bars()
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, UsageError) else EXIT_BAD_INPUT
