@@ -104,6 +104,25 @@ def test_evidence_plot_draws_the_mean_over_seeds_at_the_mean_tokens(tmp_path, sa
         np.testing.assert_allclose(line.get_ydata(), ys)
 
 
+def test_synthetic_figure_draws_the_mean_error_per_selector():
+    """FisherSFT's synthetic study: one line per selector, x = n, y = mean error over seeds (from the raw table)."""
+    from infosift.synthetic import figure, summarize
+
+    rng = np.random.default_rng(4)
+    table = pd.DataFrame(
+        [{"selector": sel, "n": n, "seed": seed, "error": float(rng.uniform(0.1, 1)), "max_error": 1.0}
+         for sel in ("random", "fishersft") for n in (20, 40, 80) for seed in range(3)]
+    )  # fmt: skip
+    ax = figure(summarize(table)).axes[0]
+    drawn = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert set(drawn) == {"random", "fishersft"}
+    for sel, line in drawn.items():
+        mine = table[table["selector"] == sel]
+        np.testing.assert_array_equal(line.get_xdata(), [20, 40, 80])
+        ys = np.asarray(line.get_ydata(), dtype=float)
+        np.testing.assert_allclose(ys, [mine[mine["n"] == n]["error"].mean() for n in (20, 40, 80)])
+
+
 # -- DVC data plots ---------------------------------------------------------------------------------------------
 def data_plots() -> dict[str, dict]:
     """dvc.yaml's top-level plots that draw the compare stage's CSVs: id -> {x, y: {file: field}, ...}."""

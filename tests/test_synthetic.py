@@ -154,7 +154,7 @@ def run_stage(tmp_path: Path, section: dict | None) -> subprocess.CompletedProce
 
 
 def test_stage_writes_outputs(tmp_path):
-    sels = {"random": {}, **({"fishersft": {"ridge": 1.0}} if "fishersft" in available() else {})}
+    sels = {"random": {}, "fishersft": {"ridge": 1.0}}
     section = dict(SMALL, budgets=[10, 20], seeds=2, selectors=sels)
     proc = run_stage(tmp_path, section)
     assert proc.returncode == 0, proc.stderr
