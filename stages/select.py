@@ -13,7 +13,10 @@ a variant may set its own ``partitions``) as GreeDi, the two-round distributed g
 partition drawn with the seed; ``select.engine: ray`` runs round 1 as Ray tasks on ``select.ray.address``
 (null: a local Ray on this machine). The manifest's info records k, the partition seed, the engine and
 which of (union, best part) won.
-Output: results/select/<variant>-<budget>/seed-<s>/manifest.json.
+Output: results/select/<variant>-<budget>/seed-<s>/manifest.json, and subset.jsonl beside it: the chosen records in
+the order chosen, exactly as the fine-tune reads them from data/download/pool.jsonl (normalized: {id, prompt,
+response, source}, plus ``messages`` for a conversation that is not one user/assistant pair), ready for any trainer.
+The raw rows of the source file are not kept by download; ``infosift export MANIFEST --data SOURCE`` writes them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infosift.data import read_records
 from infosift.errors import SelectionError
 from infosift.features import TokenFeatures
 from infosift.manifest import build_manifest, path_sha256
@@ -34,6 +38,7 @@ from infosift.select import distributable, get_selector
 from infosift.select.base import UNITS
 from infosift.select.filtered import Filtered, check_drop
 from infosift.select.greedi import ENGINES
+from infosift.subset import chosen_rows, write_rows
 from stages._common import (
     StageError,
     atomic_output,
@@ -133,6 +138,7 @@ def main(argv: list[str]) -> None:
         selector = Filtered(selector, load_quality(QUALITY, features.ids)[filt["score"]], filt["drop"], filt["score"])
         input_hashes["quality"] = path_sha256(QUALITY)
     deterministic = bool(getattr(selector, "deterministic", False))
+    pool = {r["id"]: r for r in read_records(DOWNLOAD / "pool.jsonl")}  # for subset.jsonl
 
     out_dir = Path("results/select") / variant_name(name, budget)
     with atomic_output(out_dir) as tmp:
@@ -164,6 +170,8 @@ def main(argv: list[str]) -> None:
             )
             (tmp / f"seed-{seed}").mkdir()
             (tmp / f"seed-{seed}" / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+            rows = chosen_rows(manifest["ids"], pool, f"results/select/{name}", DOWNLOAD / "pool.jsonl")
+            write_rows(tmp / f"seed-{seed}" / "subset.jsonl", rows)
             print(
                 f"select: {name} seed {seed} chose {len(result.indices)} of {len(features)} examples "
                 f"({manifest['info']['train_tokens']} tokens; budget {budget} {unit}) in {seconds:.2f}s"

@@ -18,6 +18,7 @@ import yaml
 
 from tests.tiny import gsm_rows, save_tiny_model, write_jsonl
 
+pytestmark = pytest.mark.slow  # a whole `dvc repro`: .ci/run runs it after the fast tests when time allows
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PARAMS = {
     "model": {"base_model": None, "cache_dir": ".cache/models", "trust_remote_code": False},
@@ -176,6 +177,8 @@ def test_first_repro_writes_manifests_metrics_and_plots(repo):
         assert spent == manifest["info"]["train_tokens"] <= budget and set(manifest["ids"]) <= pool
         assert len(set(manifest["ids"])) == len(manifest["ids"]) and manifest["seed"] == seed
         assert manifest["inputs"] and len(manifest["hash"]) == 64 and manifest["info"]["unit"] == "tokens"
+        subset = (root / f"results/select/{variant}-{budget}/seed-{seed}/subset.jsonl").read_text().splitlines()
+        assert [json.loads(line)["id"] for line in subset] == manifest["ids"]  # the chosen records, in order
     # a deterministic selector selects once: the same picks for every seed; random differs by seed
     det = [json.loads((root / f"results/select/fishersft-err-200/seed-{s}/manifest.json").read_text()) for s in (0, 1)]
     assert det[0]["ids"] == det[1]["ids"] and det[0]["info"]["deterministic"]

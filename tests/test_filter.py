@@ -70,6 +70,9 @@ def stage(tmp_path: Path, variant: dict) -> subprocess.CompletedProcess:
     f.save(tmp_path / "data" / "features" / "pool")
     scores = {k: np.arange(12.0)[::-1] for k in ("pmi", "eos", "partner", "logp", "logp_other")}
     save_quality(tmp_path / "data" / "features" / "quality.npz", f.ids, scores)
+    pool_rows = [{"id": i, "prompt": f"q{i}", "response": f"a{i}", "source": "t"} for i in f.ids]  # what was embedded
+    (tmp_path / "data" / "download").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "data" / "download" / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool_rows))
     cfg = {"select": {"seeds": [0], "budget_unit": "examples", "variants": {"v": variant}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -148,6 +148,9 @@ def test_more_parts_than_examples_and_undistributable_selectors():
 def stage_workspace(tmp_path: Path, select: dict, fishersft: dict | None = None) -> Path:
     f = spread_pool(40, 6)
     f.with_values(f.values.astype(np.float16)).save(tmp_path / "data/features/pool")
+    pool_rows = [{"id": i, "prompt": f"q{i}", "response": f"a{i}", "source": "t"} for i in f.ids]  # what was embedded
+    (tmp_path / "data/download").mkdir(parents=True)
+    (tmp_path / "data/download/pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool_rows))
     variants = {"fishersft": {"selector": "fishersft", **(fishersft or {})}, "random": {"selector": "random"}}
     params = {"select": {"seeds": [0, 1], "budget_unit": "examples", "variants": variants, **select}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -80,6 +80,8 @@ def test_download_ok_then_select_errors(tmp_path):
     rng = np.random.default_rng(0)
     feats = TokenFeatures.from_list([rng.normal(size=(3, 4)).astype(np.float16) for _ in range(5)])
     feats.save(cwd / "data/features/pool")
+    pool = [{"id": i, "prompt": f"q{i}", "response": f"a{i}", "source": "t"} for i in feats.ids]  # what was embedded
+    (cwd / "data/download/pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
     variants = {"random": {"selector": "random"}, "bogus": {"selector": "nope"}}
     params = {"select": {"seeds": [0], "budget_unit": "examples", "variants": variants}}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))

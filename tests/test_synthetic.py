@@ -131,9 +131,9 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.skipif("fishersft" not in available(), reason="fishersft selector not registered yet")
 def test_fishersft_beats_random_on_every_seed(one_torch_thread):
     """Heterogeneous token norms: FisherSFT buys the informative sentences, random buys average ones."""
+    assert {"fishersft", "random"} <= set(available()), f"selectors not registered: {available()}"
     seeds = list(range(6))
     table = syn.run_experiment({"random": {}, "fishersft": {"ridge": 1.0}}, [20, 60], seeds, **SMALL)
     md, metrics = syn.report(table)
@@ -154,7 +154,7 @@ def run_stage(tmp_path: Path, section: dict | None) -> subprocess.CompletedProce
 
 
 def test_stage_writes_outputs(tmp_path):
-    sels = {"random": {}, **({"fishersft": {"ridge": 1.0}} if "fishersft" in available() else {})}
+    sels = {"random": {}, "fishersft": {"ridge": 1.0}}
     section = dict(SMALL, budgets=[10, 20], seeds=2, selectors=sels)
     proc = run_stage(tmp_path, section)
     assert proc.returncode == 0, proc.stderr
