@@ -11,9 +11,11 @@ import os
 
 # Every array here is tiny (d = 10, d*L = 200): BLAS/OpenMP thread pools only add sync cost, and on
 # a shared 2-core box they made the Newton fits 25x and FisherSFT's greedy 18x slower (measured).
-# Set before numpy/torch load; a value the user exported wins.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+# Set before numpy/torch load; a value the user exported wins. Only when this runs as the stage: a flow that
+# imports the module to check its params must not pass one thread on to every stage it starts.
+if __name__ == "__main__":
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 import json  # noqa: E402
 import time  # noqa: E402

@@ -392,3 +392,16 @@ def test_failed_item_is_not_committed_and_only_it_reruns(workspace, capsys):
     assert fp.main(["--ray-address", "auto"]) == 0
     assert log.read_text().split() == ["a", "b", "c", "c"]  # the second run ran c alone
     assert subprocess.run(["dvc", "status", "--quiet"], cwd=repo).returncode == 0
+
+
+def test_checking_the_config_leaves_the_stages_thread_settings_alone():
+    """The preflight imports stage modules; synthetic's one-thread setting must not leak into the flow's environment,
+    whence every stage (embed, finetune, evaluate) would inherit it and run on one core."""
+    import subprocess
+    import sys
+
+    code = ("import os, flows.preflight, stages.synthetic; "
+            "print(os.environ.get('OMP_NUM_THREADS'), os.environ.get('MKL_NUM_THREADS'))")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=fp.ROOT, env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["None", "None"], out.stderr
