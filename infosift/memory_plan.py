@@ -285,13 +285,14 @@ def plans(
     p, usable = n.total, USABLE_SHARE * gpu_gb * GIB
     acts = {ckpt: activation_bytes(arch, seq, batch, ckpt, attention) for ckpt in (False, True)}
     adapters = lora_params(arch, lora_r)
-    train = {"bf16": True, "per_device_train_batch_size": batch, "max_length": seq}
+    train = {"bf16": True, "per_device_train_batch_size": batch}
     lora = {"r": lora_r, "alpha": LORA_ALPHA_PER_R * lora_r, "dropout": LORA_DROPOUT, "target_modules": "all-linear"}
 
     def single(name: str, weights: float, state: float, trainable: int, model: dict, extra: dict) -> Plan:
         ckpt = weights + state + acts[False] > usable
         fits = weights + state + acts[ckpt] <= usable
-        block = {"model": model, "finetune": {"processes": 1, "train": {**train, "gradient_checkpointing": ckpt}}}
+        block = {"model": model, "finetune": {"processes": 1, "max_length": seq,
+                                              "train": {**train, "gradient_checkpointing": ckpt}}}  # fmt: skip
         block["finetune"].update(extra)
         return Plan(name, 1 if fits else None, weights, state, acts[ckpt], ckpt, trainable, block)
 
@@ -310,9 +311,9 @@ def plans(
         "fsdp": "full_shard auto_wrap",  # the extra all-gather that gradient_checkpointing costs
         "fsdp_config": {"transformer_layer_cls_to_wrap": [arch.decoder_layer_class], "activation_checkpointing": ckpt},
     }
-    launch: dict = {"processes": gpus or MAX_GPUS}
+    launch: dict = {"processes": gpus or MAX_GPUS, "max_length": seq}
     if gpus and gpus > GPUS_PER_NODE:
-        launch = {"engine": "ray", "ray": {"address": "auto", "num_workers": gpus, "use_gpu": True}}
+        launch = {"engine": "ray", "ray": {"address": "auto", "num_workers": gpus, "use_gpu": True}, "max_length": seq}
     fsdp = Plan(
         "FSDP full shard",
         gpus,

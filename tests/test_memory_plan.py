@@ -257,3 +257,16 @@ def test_the_command_runs_as_a_module():
     assert ok.returncode == 0 and ok.stdout.startswith("**smollm2-135m**") and ok.stderr == ""
     bad = subprocess.run([sys.executable, "-m", "infosift.memory_plan", "nope"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stdout == "" and bad.stderr.startswith("error: nope:")
+
+
+def test_every_printed_params_block_is_one_the_finetune_stage_takes():
+    """The blocks people paste: trainer arguments TrainingArguments knows, finetune keys the stage knows."""
+    from infosift.train import normalize_args
+    from stages.finetune import FINETUNE_KEYS
+
+    for preset in ("qwen2.5-1.5b", "llama-3.1-8b"):
+        for gb in (24, 80):
+            for plan in mp.plans(mp.architecture(mp.PRESETS[preset]), gpu_gb=gb):
+                ft = plan.params["finetune"]
+                assert set(ft) <= FINETUNE_KEYS, (preset, plan.name, set(ft) - FINETUNE_KEYS)
+                normalize_args(ft["train"])  # raises on an unknown name or a mistyped value
