@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from infosift.data import dataset_name
 from infosift.errors import UnsafeNameError
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -44,8 +45,8 @@ def check_params_names(p: dict) -> None:
     own checks, which name the parameter."""
     sections = {k: v if isinstance(v, dict) else {} for k, v in p.items()}
     download, select, finetune = (sections.get(k, {}) for k in ("download", "select", "finetune"))
-    if isinstance(download.get("dataset"), str):
-        check_name(download["dataset"], "params.yaml download.dataset")
+    if isinstance(download.get("dataset"), str):  # a file, folder or hub id: its short name is what paths carry
+        check_name(dataset_name(download["dataset"]), "params.yaml download.dataset's name")
     if isinstance(select.get("run"), list):
         check_names(select["run"], "params.yaml select.run")
     if isinstance(select.get("variants"), dict):

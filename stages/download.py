@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from infosift.data import DataSource, dataset_spec, load_file, locate_dataset, write_jsonl
+from infosift.data import DataSource, dataset_name, dataset_spec, load_file, locate_dataset, write_jsonl
 from infosift.errors import ContaminationError, DataError
 from infosift.hashing import file_sha256
 from infosift.names import check_name
@@ -81,7 +81,7 @@ def checked_params() -> dict:
         )
     if not p["dataset"].strip():
         raise StageError("params.yaml download.dataset: empty; name a dataset (a mirror folder or a known hub dataset)")
-    check_name(p["dataset"], "params.yaml download.dataset")  # a path under mirror_dir and the hub cache
+    check_name(dataset_name(p["dataset"]), "params.yaml download.dataset's name")  # records and models carry it
     fields = p.get("fields") or {}
     check_param(fields, "download.fields", dict)
     check_keys(fields, "download.fields", {"prompt", "response"})

@@ -38,7 +38,7 @@ def test_every_name_the_project_ships_is_safe():
 @pytest.mark.parametrize(
     ("where", "params"),
     [
-        ("params.yaml download.dataset", {"download": {"dataset": "../../etc"}}),
+        ("params.yaml download.dataset's name", {"download": {"dataset": "../data/my set;rm.jsonl"}}),
         ("params.yaml select.run", {"select": {"run": ["random", "x; rm -rf ~"]}}),
         ("params.yaml select.variants", {"select": {"variants": {"../up": {"selector": "random"}}}}),
         ("params.yaml finetune.losses", {"finetune": {"losses": ["nll", "$(id)"]}}),
@@ -98,10 +98,12 @@ def test_compare_refuses_a_dotdot_variant_in_params_before_writing(tmp_path):
     assert (v / "keep.txt").exists() and sorted(p.name for p in ws.iterdir()) == ["params.yaml"]
 
 
-def test_download_refuses_a_dotdot_dataset(tmp_path):
+def test_a_dataset_path_outside_the_workspace_is_read_never_written(tmp_path):
+    """download.dataset may be a path (a file or folder is a dataset): '../../../victim' is looked for there, and
+    its absence is one line; nothing outside the workspace is touched, nothing inside is written."""
     v = victim(tmp_path)
     ws = workspace(tmp_path, download={"dataset": "../../../victim", "mirror_dir": str(tmp_path), "seed": 0})
-    assert_one_error_line(run_stage(ws, "stages.download"), "params.yaml download.dataset: '../../../victim' is not")
+    assert_one_error_line(run_stage(ws, "stages.download"), "download.dataset='../../../victim'")
     assert (v / "keep.txt").exists() and sorted(p.name for p in ws.iterdir()) == ["params.yaml"]
 
 
