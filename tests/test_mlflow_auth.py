@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages._common import EXIT_BAD_INPUT
 from tests.test_mlflow_server import free_port
 
 pytestmark = pytest.mark.server
@@ -111,7 +112,7 @@ def test_wrong_or_missing_credentials_end_compare_in_one_line_without_the_passwo
         [sys.executable, "-m", "stages.compare"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
     )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert proc.returncode == EXIT_BAD_INPUT and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"error: MLflow at {auth_server}: the tracking server did not accept the credentials")
     for secret in (password, PASSWORD):
         assert secret is None or secret not in proc.stdout + proc.stderr

@@ -365,3 +365,14 @@ def test_dvc_repro_without_shared_reaches_the_hub_fallback_and_its_error(tmp_pat
     assert "download.mirror_dir='../shared/data', download.dataset='gsm8k'" in errors[0]
     assert "hub (openai/gsm8k)" in errors[0] and "No such file or directory" not in proc.stderr
     assert not (repo / "data/source.json").exists() and not (repo / "data/download").exists()
+
+
+def test_every_stage_of_dvc_yaml_has_a_preflight_check():
+    """A stage of the project's own pipeline without a check would be skipped by the preflight (a user's own
+    stage is, on purpose): keep the two lists together."""
+    import yaml
+
+    from flows.preflight import CHECKS
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) <= set(CHECKS), set(stages) - set(CHECKS)
