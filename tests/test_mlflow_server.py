@@ -122,7 +122,8 @@ def pipeline(server, tiny_model_dir, tmp_path_factory):
         "model": {"base_model": str(tiny_model_dir), "trust_remote_code": False},
         "download": {"dataset": "gsm8k"},
         "select": {"run": ["fishersft"], "budgets": [4], "seeds": [0, 1], "budget_unit": "examples"},
-        "finetune": {"losses": ["nll"], "train": {"lr": 1e-3, "epochs": 2, "batch_size": 2, "max_length": 64}},
+        "finetune": {"losses": ["nll"], "max_length": 64,
+                     "train": {"learning_rate": 1e-3, "num_train_epochs": 2, "per_device_train_batch_size": 2}},
         "compare": {"bootstrap": 100, "mlflow": True, "experiment": "infosift", "tracking_uri": url,
                     "log_models": True, "champion_metric": "nll_per_token"},
     }  # fmt: skip
