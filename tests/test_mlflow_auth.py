@@ -1,4 +1,4 @@
-"""The team's MLflow server with authentication: `mlflow server --app-name basic-auth` on 127.0.0.1, as the README's
+"""The team's MLflow server with authentication: `mlflow server --app-name basic-auth` on 127.0.0.1, as docs/team.md's
 team section starts it. Right credentials (MLFLOW_TRACKING_USERNAME / PASSWORD) log a run; wrong or missing ones end
 a stage in one `error:` line that names the server and never the password."""
 
@@ -120,7 +120,7 @@ def test_wrong_or_missing_credentials_end_compare_in_one_line_without_the_passwo
 
 
 def test_a_colleague_logs_once_the_admin_grants_edit_and_a_refusal_is_one_line(auth_server, monkeypatch, tmp_path):
-    """The README's recipe: the admin creates a user and grants EDIT on the experiment; before that, the server's
+    """docs/team.md's recipe: the admin creates a user and grants EDIT on the experiment; before that, the server's
     default READ refuses the user's run with one TrackingError naming the user, not the password."""
     from mlflow import MlflowClient
     from mlflow.server import get_app_client
