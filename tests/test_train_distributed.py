@@ -18,11 +18,13 @@ SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def train(out: Path, ckpt: Path, batch: int, accum: int, steps: int = 6, procs: int = 1) -> subprocess.Popen:
+def train(out: Path, ckpt: Path, batch: int, accum: int, steps: int = 6, procs: int = 1,
+          hold_at: int | None = None) -> subprocess.Popen:
     launcher = [sys.executable] if procs == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]  # fmt: skip
     cmd = [*launcher, str(SCRIPT), str(out), str(ckpt), str(batch), str(accum), str(steps)]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = ENV if hold_at is None else {**ENV, "TRAIN_TINY_HOLD_AT": str(hold_at)}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen) -> None:
@@ -57,11 +59,12 @@ def test_two_processes_equal_one_at_the_same_global_batch(tmp_path):
 
 def test_sigkill_half_way_resumes_to_the_uninterrupted_weights(tmp_path):
     steps, ckpt = 10, tmp_path / "ck"
-    killed = train(tmp_path / "killed", ckpt, batch=4, accum=1, steps=steps)
+    killed = train(tmp_path / "killed", ckpt, batch=4, accum=1, steps=steps, hold_at=5)
     deadline = time.time() + 240
-    while not (ckpt / "checkpoint-5" / "trainer_state.json").exists():
+    while not (ckpt / "held").exists():
         assert killed.poll() is None and time.time() < deadline, "the run ended before its 5th checkpoint"
         time.sleep(0.05)
+    assert (ckpt / "checkpoint-5" / "trainer_state.json").exists()
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
     assert not (tmp_path / "killed" / "history.json").exists()

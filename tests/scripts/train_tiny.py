@@ -2,6 +2,9 @@
 rank 0's loss history and model to OUT: the reference the distributed and resume tests compare against.
 
 usage: python tests/scripts/train_tiny.py OUT CKPT BATCH ACCUM [STEPS]
+
+With TRAIN_TINY_HOLD_AT=N the run stops moving once checkpoint N is on disk (it writes CKPT/held and sleeps), so
+a test can kill it at a known step however fast the machine is.
 """
 
 from __future__ import annotations
@@ -21,15 +24,34 @@ def records(n: int = 24) -> list[dict]:
             for i, r in enumerate(gsm_rows(n, seed=3))]  # fmt: skip
 
 
+def hold_at(step: int, ckpt: Path):
+    """A callback that parks the run after the checkpoint of `step` is saved: the kill lands at that step."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Hold(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                (ckpt / "held").write_text(str(step))
+                time.sleep(600)
+
+    return Hold()
+
+
 def main(out: str, ckpt: str, batch: int, accum: int, steps: int = 6) -> None:
     from infosift.train import TrainConfig, finetune
+
+    hold = os.environ.get("TRAIN_TINY_HOLD_AT")
+    callbacks = [hold_at(int(hold), Path(ckpt))] if hold else None
 
     tok = build_tokenizer()
     model = build_model(len(tok), seed=0)
     cfg = TrainConfig(max_length=64, args={
         "per_device_train_batch_size": batch, "gradient_accumulation_steps": accum, "learning_rate": 1e-2,
         "max_steps": steps, "save_steps": 1, "warmup_steps": 0, "use_cpu": True})  # fmt: skip
-    res = finetune(model, tok, records(), Path(out) / "model", cfg, checkpoint_dir=ckpt, progress=False)
+    res = finetune(model, tok, records(), Path(out) / "model", cfg, checkpoint_dir=ckpt, progress=False,
+                   callbacks=callbacks)
     if int(os.environ.get("RANK", "0")) == 0:
         (Path(out) / "history.json").write_text(json.dumps({"history": res.history, "resumed": res.resumed_from}))
 
