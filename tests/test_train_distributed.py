@@ -18,8 +18,9 @@ SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def train(out: Path, ckpt: Path, batch: int, accum: int, steps: int = 6, procs: int = 1,
-          hold_at: int | None = None) -> subprocess.Popen:
+def train(
+    out: Path, ckpt: Path, batch: int, accum: int, steps: int = 6, procs: int = 1, hold_at: int | None = None
+) -> subprocess.Popen:
     launcher = [sys.executable] if procs == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]  # fmt: skip
     cmd = [*launcher, str(SCRIPT), str(out), str(ckpt), str(batch), str(accum), str(steps)]

@@ -50,8 +50,9 @@ def main(out: str, ckpt: str, batch: int, accum: int, steps: int = 6) -> None:
     cfg = TrainConfig(max_length=64, args={
         "per_device_train_batch_size": batch, "gradient_accumulation_steps": accum, "learning_rate": 1e-2,
         "max_steps": steps, "save_steps": 1, "warmup_steps": 0, "use_cpu": True})  # fmt: skip
-    res = finetune(model, tok, records(), Path(out) / "model", cfg, checkpoint_dir=ckpt, progress=False,
-                   callbacks=callbacks)
+    res = finetune(
+        model, tok, records(), Path(out) / "model", cfg, checkpoint_dir=ckpt, progress=False, callbacks=callbacks
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         (Path(out) / "history.json").write_text(json.dumps({"history": res.history, "resumed": res.resumed_from}))
 
