@@ -5,10 +5,13 @@
     python -m flows.evidence --profile gpu         # the larger GPU profile on top
     python -m flows.evidence --pools contaminated --profile steps   # equal examples instead of equal tokens
 
-Each pool is one `dvc exp run compare -S key=value ...` (params.evidence.yaml: shared overrides plus the
-pool's own), so DVC caches every stage by content: a killed run resumes from the last finished stage,
-and the two pools share nothing but the download of the source files. After each pool the evidence
-(results/compare/evidence.md, evidence.csv, nll_vs_tokens.png, table.md) is copied to
+Each pool is two DVC experiments with params.evidence.yaml's overrides (shared ones plus the pool's own):
+first `dvc exp run sweep`, the learning rate chosen on random selections and the validation split
+(stages/sweep.py), then `dvc exp run compare` with that rate frozen for every selector
+(finetune.train.learning_rate). DVC caches every stage by content: a killed run resumes from the last
+finished stage (the sweep from its last finished trial), and the two pools share nothing but the download
+of the source files. After each pool the evidence (results/compare/evidence.md, evidence.csv,
+nll_vs_tokens.png, table.md) and the sweep (sweep.json, sweep.csv, sweep.png) are copied to
 results/evidence/<pool>[-<profile>]/ and the wall time is recorded; `dvc exp show` lists the experiments.
 The workspace is left at the last experiment; `git checkout params.yaml && dvc checkout` goes back.
 A failure that may heal (a kill, out of memory, network) is retried as params.yaml `flow` says, resuming
@@ -39,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "params.evidence.yaml"
 OUT = ROOT / "results" / "evidence"
 COPIED = ("evidence.md", "evidence.csv", "nll_vs_tokens.png", "table.md")
+SWEPT = ("sweep.json", "sweep.csv", "sweep.png")
+LR_KEY = "finetune.train.learning_rate"
 
 
 def overrides(profile: dict, pool: str, name: str | None = None) -> dict:
@@ -75,24 +80,38 @@ def set_args(flat: dict) -> list[str]:
     return args
 
 
-def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
-    """Run one pool's experiment to the end and collect its evidence; return the wall time in seconds."""
-    dest = result_dir(pool, name)
-    cmd = ["dvc", "exp", "run", "compare", "--name", f"evidence-{dest.name}-{time.strftime('%Y%m%d-%H%M%S')}"]
-    cmd += set_args(overrides(profile, pool, name))
+def exp_run(target: str, dest: Path, flat: dict, what: str) -> None:
+    """`dvc exp run TARGET` with the overrides ``flat``, retried while its failure may heal."""
+    cmd = ["dvc", "exp", "run", target, "--name", f"evidence-{dest.name}-{target}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    cmd += set_args(flat)
     print("$ " + " ".join(cmd), flush=True)
+    run_retrying(cmd, what, supervise.policy(ROOT))
+
+
+def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
+    """Sweep the learning rate, run one pool's experiment at it to the end and collect its evidence; return the
+    wall time in seconds. A learning rate given in the overrides skips the sweep (it was chosen elsewhere)."""
+    dest = result_dir(pool, name)
+    flat = overrides(profile, pool, name)
+    sweep = LR_KEY not in flat
     t0 = time.perf_counter()
-    run_retrying(cmd, f"the {pool} pool's experiment", supervise.policy(ROOT))
+    if sweep:
+        exp_run("sweep", dest, flat, f"the {pool} pool's learning-rate sweep")
+        chosen = json.loads((ROOT / "results/sweep/sweep.json").read_text())["chosen_learning_rate"]
+        print(f"evidence: {pool} pool: learning rate {chosen:g} (results/sweep/sweep.png), frozen for every "
+              "selector", flush=True)  # fmt: skip
+        flat = {**flat, LR_KEY: chosen}
+    exp_run("compare", dest, flat, f"the {pool} pool's experiment")
     seconds = time.perf_counter() - t0
+    copied = [("compare", f) for f in COPIED] + [("sweep", f) for f in SWEPT if sweep]
     with atomic_output(dest) as tmp:  # the whole directory replaced: no file of an older run left beside new ones
         tmp.mkdir()
-        for f in COPIED:
-            if (ROOT / "results/compare" / f).exists():
-                shutil.copy(ROOT / "results/compare" / f, tmp / f)
-        (tmp / "run.json").write_text(
-            json.dumps({"pool": pool, "profile": name, "wall_seconds": round(seconds, 1), "command": cmd}, indent=1)
-            + "\n"
-        )
+        for folder, f in copied:
+            if (ROOT / "results" / folder / f).exists():
+                shutil.copy(ROOT / "results" / folder / f, tmp / f)
+        run = {"pool": pool, "profile": name, "wall_seconds": round(seconds, 1),
+               "command": ["dvc", "exp", "run", "compare", *set_args(flat)]}  # fmt: skip
+        (tmp / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     return seconds
 
 
@@ -121,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = yaml.safe_load(PROFILE.read_text())
     for pool in args.pools:
-        check_config_or_exit(["compare"], overrides(profile, pool, args.profile))  # names, params, inputs: first
+        check_config_or_exit(
+            ["sweep", "compare"], overrides(profile, pool, args.profile)
+        )  # names, params, inputs: first
     try:
         policy = supervise.policy(ROOT)
     except StageError as e:

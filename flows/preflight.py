@@ -116,6 +116,38 @@ def check_finetune() -> None:
     mp = model_params() if "model" in params() else {}
     for loss in check_items(ft.get("losses", ["nll"]), "finetune.losses", str, choices=LOSSES):
         check_processes(int(ft.get("processes", 1)), train_config(ft, loss, 0), mp)
+    sel = params().get("select") or {}
+    if sel.get("budget_unit") == "examples":  # the step floor is known now (for tokens, once select has run)
+        for budget in sel.get("budgets") or []:
+            check_floor(ft, budget, "select.budgets")
+    check_model()
+
+
+def check_floor(ft: dict, n_examples: int, where: str) -> None:
+    """A budget of ``n_examples`` against finetune.step_floor: one line naming ``where`` when below it."""
+    from infosift.errors import InfosiftError
+    from infosift.steps import check_step_floor
+    from infosift.train import DEFAULT_ARGS
+    from stages.finetune import train_config
+
+    args = {**DEFAULT_ARGS, **train_config(ft, "nll", 0).args}
+    try:
+        check_step_floor(n_examples, args, int(ft.get("step_floor", 0)), int(ft.get("processes", 1)))
+    except InfosiftError as e:
+        raise _stage_error(f"params.yaml {where}: {e}") from None
+
+
+def check_sweep() -> None:
+    """The sweep's rates, budget and seeds; a validation split to score on; its budget above the step floor."""
+    from stages._common import params
+    from stages.finetune import checked_finetune_params
+    from stages.sweep import checked_params
+
+    p = checked_params()
+    if not int((params().get("download") or {}).get("validation_size", 0)):
+        raise _stage_error("params.yaml download.validation_size: 0, but the sweep scores learning rates on the "
+                           "validation split (never on test); hold out some train examples")  # fmt: skip
+    check_floor(checked_finetune_params(params("finetune")), p["budget"], "sweep.budget")
     check_model()
 
 
@@ -163,6 +195,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "embed": check_embed,
     "select": check_select,
     "finetune": check_finetune,
+    "sweep": check_sweep,
     "evaluate_base": check_evaluate,
     "evaluate": check_evaluate,
     "synthetic": check_synthetic,

@@ -34,6 +34,8 @@ COLUMNS = [
     "n_seeds",
     "n_paired",
     "tokens",
+    "steps",
+    "learning_rate",
     "mean",
     "se",
     "diff",
@@ -43,7 +45,7 @@ COLUMNS = [
     "rel_lo_pct",
     "rel_hi_pct",
     "seeds_won",
-    "random_equiv_tokens",
+    "random_equiv_cost",  # tokens or examples (the budget unit) random needs for the same metric
     "random_equiv_x",
     "extrapolated",
     "verdict",
@@ -60,6 +62,8 @@ class ModelResult:
     tokens: int  # training tokens actually used by the selection
     num: np.ndarray  # (E,) per-test-example numerator, e.g. NLL sum over the example's response tokens
     den: np.ndarray  # (E,) per-test-example denominator, e.g. number of response tokens (1 for accuracy)
+    steps: float = float("nan")  # optimizer steps of its fine-tune (the evidence protocol's floor is on these)
+    learning_rate: float = float("nan")  # of its fine-tune (the sweep's choice, frozen for every selector)
 
     def __post_init__(self) -> None:
         self.num = np.asarray(self.num, dtype=np.float64)
@@ -210,7 +214,15 @@ def _per_model(results: list[ModelResult]) -> pd.DataFrame:
     if len(lengths) != 1:
         raise ValueError(f"models are scored on different numbers of test examples: {sorted(lengths)}")
     rows = [
-        {"selector": r.selector, "budget": r.budget, "seed": r.seed, "tokens": r.tokens, "metric": metric(r.num, r.den)}
+        {
+            "selector": r.selector,
+            "budget": r.budget,
+            "seed": r.seed,
+            "tokens": r.tokens,
+            "steps": r.steps,
+            "learning_rate": r.learning_rate,
+            "metric": metric(r.num, r.den),
+        }
         for r in results
     ]
     df = pd.DataFrame(rows)
@@ -228,23 +240,28 @@ def evidence_table(
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    cost: str = "tokens",
 ) -> pd.DataFrame:
-    """One row per (selector, budget): mean over seeds, paired interval vs the reference, cost in random tokens.
+    """One row per (selector, budget): mean over seeds, paired interval vs the reference, cost in random's units.
 
-    mean/se/tokens use all of a row's seeds; the comparison uses the seeds it shares with the reference
+    mean/se/tokens/steps use all of a row's seeds; the comparison uses the seeds it shares with the reference
     at the same budget (n_paired). Reference rows carry NaN comparisons and verdict "reference".
+    ``cost``: the axis of the random-equivalent multiplier, "tokens" (what each selection used) or "examples"
+    (the budget: at equal examples, random needs random_equiv_x times the examples to match).
     """
     models = _per_model(results)
     by_key = {(r.selector, r.budget, r.seed): r for r in results}
-    ref_models = models[models["selector"] == reference]
-    ref_curve = ref_models.groupby("budget")[["tokens", "metric"]].mean()
+    ref_models = models[models["selector"] == reference].assign(examples=lambda d: d["budget"].astype(float))
+    ref_curve = ref_models.groupby("budget")[["tokens", "examples", "metric"]].mean()
+    x_of = "tokens" if cost == "tokens" else "examples"
 
     rows = []
     for (sel, budget), g in models.groupby(["selector", "budget"], sort=True):
         mean, se = mean_se(g["metric"].to_numpy())
         tokens = float(g["tokens"].mean())
         row = dict.fromkeys(COLUMNS, np.nan)
-        row.update(selector=sel, budget=budget, n_seeds=len(g), tokens=tokens, mean=mean, se=se)
+        row.update(selector=sel, budget=budget, n_seeds=len(g), tokens=tokens, mean=mean, se=se,
+                   steps=float(g["steps"].mean()), learning_rate=float(g["learning_rate"].mean()))  # fmt: skip
         if sel == reference:
             row.update(n_paired=len(g), extrapolated=None, verdict="reference")
             rows.append(row)
@@ -270,7 +287,8 @@ def evidence_table(
             level=level,
         )
         won = seeds_won([metric(r.num, r.den) for r in s_res], [metric(r.num, r.den) for r in r_res], lower_is_better)
-        eq = random_equivalent(ref_curve["tokens"].to_numpy(), ref_curve["metric"].to_numpy(), mean, lower_is_better)
+        eq = random_equivalent(ref_curve[x_of].to_numpy(), ref_curve["metric"].to_numpy(), mean, lower_is_better)
+        own = tokens if cost == "tokens" else float(budget)
         row.update(
             n_paired=len(paired),
             diff=boot["diff"],
@@ -280,8 +298,8 @@ def evidence_table(
             rel_lo_pct=100 * boot["rel_lo"],
             rel_hi_pct=100 * boot["rel_hi"],
             seeds_won=won,
-            random_equiv_tokens=np.nan if eq["tokens"] is None else eq["tokens"],
-            random_equiv_x=np.nan if eq["tokens"] is None else eq["tokens"] / tokens,
+            random_equiv_cost=np.nan if eq["tokens"] is None else eq["tokens"],
+            random_equiv_x=np.nan if eq["tokens"] is None else eq["tokens"] / own,
             extrapolated=eq["extrapolated"],
             verdict=verdict(boot["lo"], boot["hi"], lower_is_better, level, reference),
         )
@@ -333,6 +351,7 @@ def control_table(
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    cost: str = "tokens",
 ) -> pd.DataFrame:
     """evidence_table's rows of each selector against its control instead of random, with a ``reference`` column.
 
@@ -344,7 +363,7 @@ def control_table(
         sub = [r for r in results if r.selector in (sel, ctrl)]
         if {r.selector for r in sub} != {sel, ctrl}:
             continue
-        df = evidence_table(sub, lower_is_better, reference=ctrl, n_boot=n_boot, seed=seed, level=level)
+        df = evidence_table(sub, lower_is_better, reference=ctrl, n_boot=n_boot, seed=seed, level=level, cost=cost)
         frames.append(df[df["selector"] == sel].assign(reference=ctrl))
     if not frames:
         return pd.DataFrame(columns=[*COLUMNS, "reference"])
@@ -368,11 +387,11 @@ def verdict_lines(
     for r in df[df["verdict"] != "reference"].itertuples(index=False):
         won = int(round(r.seeds_won * r.n_paired))
         if pd.isna(r.random_equiv_x):
-            cost = f"{reference}-equivalent tokens out of reach"
+            cost = f"{reference}-equivalent {budget_unit} out of reach"
         else:
             approx = "~" if r.extrapolated else ""
             note = " (extrapolated)" if r.extrapolated else ""
-            cost = f"{reference} needs {approx}{r.random_equiv_x:.1f}x the tokens{note}"
+            cost = f"{reference} needs {approx}{r.random_equiv_x:.1f}x the {budget_unit}{note}"
         lines.append(
             f"{r.selector} @ {r.budget} {budget_unit}: {r.verdict}: {metric_name} {r.rel_pct:+.2f} % "
             f"[{r.rel_lo_pct:+.2f}, {r.rel_hi_pct:+.2f}], won {won}/{r.n_paired} seeds, {cost}"

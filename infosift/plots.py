@@ -1,4 +1,5 @@
-"""Figures written by stages: the FisherSketch alignment heatmap, and a stand-in for a metric not computed."""
+"""Figures written by stages: the FisherSketch alignment heatmap, the learning-rate sweep, and a stand-in for a
+metric not computed."""
 
 from __future__ import annotations
 
@@ -38,3 +39,22 @@ def not_computed(metric: str, path: str | Path, why: str = "its evaluate suite i
     fig = Figure(figsize=(6, 2))
     fig.text(0.5, 0.5, f"{metric}: not computed in this run\n({why})", ha="center", va="center")
     fig.savefig(path, format="png", dpi=100)
+
+
+def lr_sweep_plot(rows: list[dict], chosen: float, path: str | Path) -> None:
+    """Validation NLL against learning rate (log axis), the seeds' range as a band, the chosen rate marked."""
+    from matplotlib.figure import Figure
+
+    lrs = [r["learning_rate"] for r in rows]
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
+    ax.fill_between(lrs, [r["min"] for r in rows], [r["max"] for r in rows], alpha=0.2, label="seeds' range")
+    ax.plot(lrs, [r["validation_nll"] for r in rows], "o-", label="mean over seeds")
+    ax.axvline(chosen, color="k", ls="--", lw=1, label=f"chosen {chosen:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation NLL per token")
+    ax.set_title("learning-rate sweep on random selections")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)

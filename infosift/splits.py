@@ -3,6 +3,9 @@
 Why here: these are the rules that keep an evaluation honest, and they deserve direct tests.
 - A train example whose id is also in test is dropped (and counted), even if the source splits overlap.
 - The target slice is held out from train, never from test, and is disjoint from the pool.
+- The validation slice (``validation_size``) is held out from train after the target (``seed + 3``): every
+  choice (a learning rate, a filter) is made on it, so the test split is only ever scored. It is disjoint from
+  pool, target and test, and never contaminated.
 - Each subset is seeded (target: ``seed + 1``; pool and test: ``seed``) and keeps its records' source order.
 - A dataset with no test split (one file) gets one carved from train first (``seed + 2``): those records are
   test only, never pool or target.
@@ -38,10 +41,12 @@ class Splits:
     leaked: int  # train examples dropped because their id is in test
     contamination: dict = field(default_factory=lambda: {"share": 0})  # contaminate()'s report, or share 0
     carved: int = 0  # test records held out from train (no test split given), 0 when the dataset had one
+    validation: list[dict] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
-        return {"pool": len(self.pool), "target": len(self.target), "test": len(self.test)}
+        return {"pool": len(self.pool), "target": len(self.target), "validation": len(self.validation),
+                "test": len(self.test)}  # fmt: skip
 
 
 def split_records(
@@ -51,6 +56,7 @@ def split_records(
     pool_size: int | None = None,
     target_size: int = 0,
     test_size: int | None = None,
+    validation_size: int = 0,
     seed: int = 0,
     contamination: Contamination | None = None,
 ) -> Splits:
@@ -73,13 +79,20 @@ def split_records(
     target = subsample(train, target_size, seed=seed + 1) if target_size else []
     target_ids = {r["id"] for r in target}
     rest = [r for r in train if r["id"] not in target_ids]
+    if validation_size >= len(rest):
+        raise DataError(f"validation_size {validation_size} leaves no training pool ({len(rest)} train records "
+                        "after the target)")  # fmt: skip
+    validation = subsample(rest, validation_size, seed=seed + 3) if validation_size else []
+    held = {r["id"] for r in validation}
+    rest = [r for r in rest if r["id"] not in held]
     if pool_size is not None and pool_size > len(rest):
         raise DataError(f"pool_size {pool_size} is larger than the {len(rest)} train records available")
     pool = subsample(rest, pool_size, seed=seed)
     test = subsample(test, test_size, seed=seed)
-    splits = Splits(pool, target, test, leaked, carved=carved)
+    splits = Splits(pool, target, test, leaked, carved=carved, validation=validation)
     if contamination is not None:
-        splits.pool, splits.contamination = contaminate_pool(pool, contamination, target_ids | {r["id"] for r in test})
+        clean = target_ids | held | {r["id"] for r in test}
+        splits.pool, splits.contamination = contaminate_pool(pool, contamination, clean)
     return splits
 
 

@@ -118,8 +118,14 @@ class TrainConfig:
         for name in ("activation_checkpointing", "gradient_checkpointing"):  # transformers 5 takes both names
             if args.get(name):  # a frozen LoRA base gives no input grads, which the reentrant form needs
                 args.setdefault(f"{name}_kwargs", {"use_reentrant": False})
-        owned = {"output_dir": str(output_dir), "seed": self.seed, "data_seed": self.seed, "logging_steps": 1,
-                 "logging_strategy": "steps", "remove_unused_columns": False}
+        owned = {
+            "output_dir": str(output_dir),
+            "seed": self.seed,
+            "data_seed": self.seed,
+            "logging_steps": 1,
+            "logging_strategy": "steps",
+            "remove_unused_columns": False,
+        }
         try:
             return TrainingArguments(**args, **owned)
         except (ValueError, TypeError, ImportError) as e:
@@ -268,8 +274,12 @@ class StepLog:
         class _Log(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs and state.is_world_process_zero:
-                    entry = {"step": state.global_step, "epoch": math.floor(logs.get("epoch", state.epoch or 0)),
-                             "loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0.0))}
+                    entry = {
+                        "step": state.global_step,
+                        "epoch": math.floor(logs.get("epoch", state.epoch or 0)),
+                        "loss": float(logs["loss"]),
+                        "lr": float(logs.get("learning_rate", 0.0)),
+                    }
                     if log.history and log.history[-1]["step"] == entry["step"]:
                         return
                     log.history.append(entry)
@@ -286,6 +296,7 @@ class TrainResult:
     n_truncated: int  # cut at max_length, trained on what was left
     n_empty: int  # no assistant token left after the cut: reported, not trained on
     resumed_from: str | None
+    steps: int = 0  # optimizer steps taken (Trainer's global_step), resumed ones included
 
 
 def encode_all(tokenizer, records: list[dict], max_length: int) -> tuple[list[Encoded], int, int]:
@@ -350,7 +361,8 @@ def finetune(
     trainer.accelerator.wait_for_everyone()
     if args.should_save:
         shutil.rmtree(ckpt, ignore_errors=True)
-    return TrainResult(log.history, len(encoded), n_trunc, n_empty, resume.name if resume else None)
+    return TrainResult(log.history, len(encoded), n_trunc, n_empty, resume.name if resume else None,
+                       trainer.state.global_step)  # fmt: skip
 
 
 def save_model(trainer, tokenizer, out_dir: str | Path, cfg: TrainConfig) -> None:

@@ -187,6 +187,17 @@ def per_example(name: str, test_ids: list[str] | None) -> tuple[list[str], np.nd
     return ids, np.array([rows[i]["nll_sum"] for i in ids]), np.array([rows[i]["n_tokens"] for i in ids])
 
 
+def trained_steps(name: str) -> tuple[float, float]:
+    """(optimizer steps, learning rate) of one fine-tune from models/<name>/infosift.json; NaN where a model
+    predates the record."""
+    try:
+        info = json.loads((Path("models") / name / "infosift.json").read_text())
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    trained = info.get("trained") or {}
+    return tuple(float(trained.get(k, float("nan"))) for k in ("steps", "learning_rate"))
+
+
 def evidence(rows: list[dict], loss: str, n_boot: int, unit: str) -> tuple:
     """Evidence table, verdict lines and ModelResults for the models fine-tuned with ``loss``."""
     results, test_ids = [], None
@@ -194,8 +205,10 @@ def evidence(rows: list[dict], loss: str, n_boot: int, unit: str) -> tuple:
         if row["selector"] == "base" or row["loss"] != loss:
             continue
         test_ids, num, den = per_example(row["variant"], test_ids)
-        results.append(ModelResult(row["selector"], row["budget"], row["seed"], row["train_tokens"], num, den))
-    df = evidence_table(results, lower_is_better=True, n_boot=n_boot, seed=0)
+        steps, lr = trained_steps(row["variant"])
+        results.append(ModelResult(row["selector"], row["budget"], row["seed"], row["train_tokens"], num, den,
+                                   steps=steps, learning_rate=lr))  # fmt: skip
+    df = evidence_table(results, lower_is_better=True, n_boot=n_boot, seed=0, cost=unit)
     share: dict[tuple, list[float]] = {}
     for r in rows:
         if "contaminated_share" in r and r["loss"] == loss:
@@ -217,7 +230,7 @@ def write_evidence(out: Path, rows: list[dict], all_params: dict, n_boot: int, u
         not_computed("evidence", out / "nll_vs_tokens.png", why="no random variant in select.run")
     for loss in losses if "random" in sel["run"] else []:
         ev, lines, results = evidence(rows, loss, n_boot, unit)
-        ctrl = control_table(results, length_controls(sel.get("variants") or {}, sel["run"]), n_boot=n_boot)
+        ctrl = control_table(results, length_controls(sel.get("variants") or {}, sel["run"]), n_boot=n_boot, cost=unit)
         both = pd.concat([ev.assign(reference="random"), ctrl]) if len(ctrl) else ev.assign(reference="random")
         frames.append(both.assign(loss=loss))
         report += [f"\n## loss: {loss}\n\n", to_markdown(ev), "\n"] + [f"- {line}\n" for line in lines]

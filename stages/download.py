@@ -1,4 +1,4 @@
-"""download: a dataset -> pool / target / test records plus a data manifest with hashes.
+"""download: a dataset -> pool / target / validation / test records plus a data manifest with hashes.
 
 download.dataset is a file or folder (read where it is), or a name looked up in the local mirror directory
 (download.mirror_dir, default ../shared/data), then the dataset's hub id (cached under download.hub_cache).
@@ -53,6 +53,7 @@ KNOWN = {
     "pool_size",
     "target_size",
     "test_size",
+    "validation_size",
     "seed",
     "contaminate",
     "train_split",
@@ -71,6 +72,7 @@ def checked_params() -> dict:
     check_param(p.get("pool_size"), "download.pool_size", int, low=1, allow_none=True)
     check_param(p.get("target_size", 0), "download.target_size", int, low=0)
     check_param(p.get("test_size"), "download.test_size", int, low=1, allow_none=True)
+    check_param(p.get("validation_size", 0), "download.validation_size", int, low=0)
     check_param(p.get("seed", 0), "download.seed", int, low=0)
     check_param(p.get("train_split", "train"), "download.train_split", str)
     test_split = check_param(p.get("test_split", "test"), "download.test_split", str, allow_none=True)
@@ -123,6 +125,7 @@ def main(argv: list[str]) -> None:
             pool_size=p.get("pool_size"),
             target_size=int(p.get("target_size", 0)),
             test_size=p.get("test_size"),
+            validation_size=int(p.get("validation_size", 0)),
             seed=p["seed"],
             contamination=contamination,
         )
@@ -131,10 +134,11 @@ def main(argv: list[str]) -> None:
     except DataError as e:
         raise StageError(f"params.yaml download: {e}") from None
     pool, target, test = splits.pool, splits.target, splits.test
+    parts = {"pool": pool, "target": target, "validation": splits.validation, "test": test}
 
     with atomic_output(OUT) as tmp:
         tmp.mkdir()
-        for name, recs in (("pool", pool), ("target", target), ("test", test)):
+        for name, recs in parts.items():
             write_jsonl(tmp / f"{name}.jsonl", recs)
         manifest = {
             "dataset": spec.name,
@@ -145,13 +149,14 @@ def main(argv: list[str]) -> None:
             "train_examples_also_in_test_dropped": splits.leaked,
             "contamination": splits.contamination,
             "params": p,
-            "sha256": {n: file_sha256(tmp / f"{n}.jsonl") for n in ("pool", "target", "test")},
+            "sha256": {n: file_sha256(tmp / f"{n}.jsonl") for n in parts},
         }
         if splits.carved:  # only then: a dataset with a test split keeps the manifest it always had
             manifest["test_held_out_from_train"] = {"n": splits.carved, "seed": p["seed"] + 2}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(
-        f"download: {spec.name} pool={len(pool)} target={len(target)} test={len(test)} "
+        f"download: {spec.name} pool={len(pool)} target={len(target)} validation={len(splits.validation)} "
+        f"test={len(test)} "
         f"(duplicates dropped: train {train_dupes}, test {test_dupes}) from {paths['train'].parent}"
         + (f"; test: {splits.carved} train examples held out" if splits.carved else "")
         + (f"; contaminated {splits.contamination['n']} pool records" if splits.contamination.get("n") else "")

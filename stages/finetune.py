@@ -21,8 +21,9 @@ from infosift.losses import available_losses
 from infosift.manifest import content_hash, read_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
 from infosift.names import check_name
+from infosift.steps import check_step_floor
 from infosift.tracking_live import DEFAULT_EXPERIMENT, tracking_uri, training_run
-from infosift.train import SAVE_MODES, TrainConfig, finetune
+from infosift.train import DEFAULT_ARGS, SAVE_MODES, TrainConfig, finetune
 from stages._common import (
     StageError,
     atomic_output,
@@ -48,7 +49,8 @@ def chosen_records(manifest: dict, pool: list[dict]) -> list[dict]:
     return [by_id[i] for i in manifest["ids"]]
 
 
-FINETUNE_KEYS = {"losses", "train", "max_length", "infosft_p", "lora", "save", "processes", "engine", "ray"}
+FINETUNE_KEYS = {"losses", "train", "max_length", "infosft_p", "lora", "save", "processes", "engine", "ray",
+                 "step_floor"}  # fmt: skip
 RAY_KEYS = {"address", "num_workers", "use_gpu"}
 CHECKPOINTS = Path(".cache/checkpoints")  # outside every DVC out; a run's dir is removed when it succeeds
 
@@ -65,6 +67,7 @@ def checked_finetune_params(ft: dict) -> dict:
     check_param(ft.get("lora"), "finetune.lora", dict, allow_none=True)
     check_param(ft.get("save", "adapter"), "finetune.save", str, choices=SAVE_MODES)
     check_param(ft.get("processes", 1), "finetune.processes", int, low=1)
+    check_param(ft.get("step_floor", 0), "finetune.step_floor", int, low=0)
     engine = check_param(ft.get("engine", "local"), "finetune.engine", str, choices=("local", "ray"))
     ray = check_param(ft.get("ray") or {}, "finetune.ray", dict)
     check_keys(ray, "finetune.ray", RAY_KEYS)
@@ -186,6 +189,15 @@ def main(argv: list[str]) -> None:
         raise StageError(f"{manifest_path} missing; run select@{variant_name(variant, budget)} with {seed} in seeds")
     manifest = read_manifest(manifest_path)
     records = chosen_records(manifest, read_examples("data/download/pool.jsonl"))
+    world = (
+        int(ft.get("processes", 1))
+        if ft.get("engine", "local") == "local"
+        else int((ft.get("ray") or {}).get("num_workers", 2))
+    )
+    try:  # a budget too small to learn more than the format: one line now, not a fine-tune that measures noise
+        check_step_floor(len(records), {**DEFAULT_ARGS, **cfg.args}, int(ft.get("step_floor", 0)), world)
+    except InfosiftError as e:
+        raise StageError(f"{variant_name(variant, budget)}: {e}") from None
     if n_proc > 1 and "WORLD_SIZE" not in os.environ:
         launch_processes(n_proc, argv)
         return
@@ -220,7 +232,9 @@ def main(argv: list[str]) -> None:
                 result = finetune(model, tokenizer, records, tmp, cfg, checkpoint_dir=checkpoints, on_step=on_step)
             if main_rank:
                 trained = {"n_examples": result.n_examples, "n_truncated": result.n_truncated,
-                           "n_empty": result.n_empty, "engine": engine, "processes": n_proc}  # fmt: skip
+                           "n_empty": result.n_empty, "engine": engine, "processes": n_proc,
+                           "steps": result.steps,
+                           "learning_rate": {**DEFAULT_ARGS, **cfg.args}["learning_rate"]}  # fmt: skip
                 # "trained" is what the run reports; the rest is what made the model (tracking.train_key's hash)
                 (tmp / "infosift.json").write_text(json.dumps({**provenance, "trained": trained}, indent=2) + "\n")
     if not main_rank:

@@ -120,12 +120,31 @@ def test_the_evidence_flow_replaces_a_pools_results_whole(tmp_path, monkeypatch)
     monkeypatch.setattr(subprocess, "run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, 0))
     compare = tmp_path / "results" / "compare"
     compare.mkdir(parents=True)
+    (tmp_path / "results" / "sweep").mkdir()
+    (tmp_path / "results" / "sweep" / "sweep.json").write_text('{"chosen_learning_rate": 0.001}')
     (compare / "evidence.md").write_text("new verdicts\n")
     dest = evidence.result_dir("clean")
     dest.mkdir(parents=True)
     (dest / "evidence.md").write_text("old verdicts\n")
     (dest / "table.md").write_text("a table compare no longer writes\n")
     evidence.run_pool({"pools": {"clean": {}}}, "clean")
-    assert sorted(p.name for p in dest.iterdir()) == ["evidence.md", "run.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["evidence.md", "run.json", "sweep.json"]
     assert (dest / "evidence.md").read_text() == "new verdicts\n"
     assert [p.name for p in dest.parent.iterdir()] == ["clean"]
+
+
+def test_the_evidence_flow_sweeps_first_then_freezes_the_chosen_rate_for_every_selector(tmp_path, monkeypatch):
+    from flows import evidence
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(evidence, "ROOT", tmp_path)
+    monkeypatch.setattr(evidence, "OUT", tmp_path / "results" / "evidence")
+    monkeypatch.setattr(evidence, "run_retrying", lambda cmd, *a, **k: ran.append(cmd))
+    (tmp_path / "results" / "sweep").mkdir(parents=True)
+    (tmp_path / "results" / "sweep" / "sweep.json").write_text('{"chosen_learning_rate": 0.0003}')
+    evidence.run_pool({"overrides": {"select.seeds": [0, 1]}, "pools": {"clean": {}}}, "clean")
+    assert [cmd[3] for cmd in ran] == ["sweep", "compare"]
+    assert "finetune.train.learning_rate=0.0003" in ran[1] and not any("learning_rate" in a for a in ran[0])
+    ran.clear()  # a rate given by the profile was chosen elsewhere: no sweep
+    evidence.run_pool({"pools": {"clean": {"finetune.train.learning_rate": 1e-4}}}, "clean")
+    assert [cmd[3] for cmd in ran] == ["compare"]

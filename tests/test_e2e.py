@@ -29,6 +29,7 @@ TINY_PARAMS = {
         "pool_size": 40,
         "target_size": 8,
         "test_size": 10,
+        "validation_size": 6,
         "seed": 0,
         "contaminate": {"share": 0.25, "seed": 0, "modes": ["swap", "truncate"]},
     },
@@ -57,6 +58,7 @@ TINY_PARAMS = {
         "processes": 1,
         "engine": "local",
         "ray": {"address": None, "num_workers": 2, "use_gpu": False},
+        "step_floor": 0,
         "train": {
             "learning_rate": 1e-3,
             "num_train_epochs": 1,
@@ -66,6 +68,7 @@ TINY_PARAMS = {
             "weight_decay": 0.0,
         },
     },
+    "sweep": {"learning_rates": [1e-3, 1e-2], "budget": 6, "seeds": [0]},
     "evaluate": {
         "n_test": 6,
         "max_length": 64,

@@ -47,10 +47,22 @@ def test_pool_then_profile_take_precedence():
     assert evidence.result_dir("p").name == "p" and evidence.result_dir("p", "x").name == "p-x"
 
 
-def test_steps_profile_matches_examples_not_tokens():
-    flat = evidence.overrides(PROFILE, "contaminated", "steps")
+def test_the_protocol_compares_at_equal_examples_above_the_step_floor_and_the_tokens_profile_at_equal_tokens():
+    from infosift.steps import optimizer_steps
+
+    flat = evidence.overrides(PROFILE, "contaminated")
     assert flat["select.budget_unit"] == "examples" and "random" in flat["select.run"]
+    assert len(flat["select.budgets"]) >= 3 and max(flat["select.budgets"]) >= 2 * min(flat["select.budgets"])
+    train = {k.removeprefix("finetune.train."): v for k, v in flat.items() if k.startswith("finetune.train.")}
+    assert optimizer_steps(min(flat["select.budgets"]), train) >= flat["finetune.step_floor"] >= 24
+    assert len(flat["sweep.learning_rates"]) >= 4 and "finetune.train.learning_rate" not in flat  # swept per pool
+    assert min(flat["sweep.learning_rates"]) <= 2e-5 and max(flat["sweep.learning_rates"]) >= 1e-3
+    assert flat["download.validation_size"] > 0
     assert flat["download.contaminate.share"] == PROFILE["pools"]["contaminated"]["download.contaminate.share"]
+    gpu = evidence.overrides(PROFILE, "clean", "gpu")
+    gtrain = {**train, **{k.removeprefix("finetune.train."): v for k, v in gpu.items() if k.startswith("finetune.t")}}
+    assert optimizer_steps(min(gpu["select.budgets"]), gtrain) >= flat["finetune.step_floor"]
+    assert evidence.overrides(PROFILE, "clean", "tokens")["select.budget_unit"] == "tokens"
 
 
 @pytest.mark.parametrize(
@@ -61,3 +73,13 @@ def test_unknown_names_fail_before_any_run(argv, message, monkeypatch):
     monkeypatch.setattr(evidence, "run_pool", lambda *a: pytest.fail("ran before checking every name"))
     with pytest.raises(SystemExit, match=message):
         evidence.main(argv)
+
+
+def test_a_budget_below_the_step_floor_stops_the_evidence_before_any_run():
+    from flows.preflight import problems
+
+    flat = {**evidence.overrides(PROFILE, "clean"), "select.budgets": [4, 8, 12]}
+    assert problems(["sweep", "compare"], flat) == (
+        "params.yaml select.budgets: 4 examples give 12 optimizer steps, below finetune.step_floor 24: set "
+        "finetune.train.num_train_epochs to 6 or more, a smaller batch, or a larger budget"
+    )

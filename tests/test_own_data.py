@@ -121,7 +121,7 @@ def test_one_jsonl_file_without_a_test_split(tmp_path):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((cwd / "data/download/manifest.json").read_text())
     assert manifest["dataset"] == "tally" and manifest["test_held_out_from_train"] == {"n": 6, "seed": 2}
-    assert manifest["counts"] == {"pool": 20, "target": 4, "test": 6}
+    assert manifest["counts"] == {"pool": 20, "target": 4, "validation": 0, "test": 6}
     split = {n: {r["id"] for r in read_jsonl(cwd / f"data/download/{n}.jsonl")} for n in ("pool", "target", "test")}
     assert not split["test"] & (split["pool"] | split["target"])
     assert {r["source"] for r in read_jsonl(cwd / "data/download/test.jsonl")} == {"tally"}

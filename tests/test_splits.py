@@ -43,10 +43,29 @@ def test_target_is_held_out_from_train_and_disjoint_from_pool():
 
 def test_sizes_honoured_and_order_kept():
     s = split_records(TRAIN, TEST, pool_size=20, target_size=6, test_size=10, seed=3)
-    assert s.counts == {"pool": 20, "target": 6, "test": 10}
+    assert s.counts == {"pool": 20, "target": 6, "validation": 0, "test": 10}
     position = {r["id"]: i for i, r in enumerate(TRAIN + TEST)}
     for part in (s.pool, s.target, s.test):
         assert [position[r["id"]] for r in part] == sorted(position[r["id"]] for r in part)
+
+
+def test_validation_is_seeded_and_disjoint_from_pool_target_and_test():
+    s = split_records(TRAIN, TEST, target_size=6, validation_size=8, seed=3)
+    assert len(s.validation) == 8 and ids(s.validation) <= ids(TRAIN)
+    for other in (s.pool, s.target, s.test):
+        assert not ids(s.validation) & ids(other)
+    assert len(s.pool) + len(s.target) + len(s.validation) == 35  # everything else still reaches the pool
+    again = split_records(TRAIN, TEST, target_size=6, validation_size=8, seed=3)
+    assert again.validation == s.validation and again.pool == s.pool
+    assert ids(split_records(TRAIN, TEST, target_size=6, validation_size=8, seed=4).validation) != ids(s.validation)
+
+
+def test_validation_is_never_contaminated_and_a_size_that_leaves_no_pool_is_an_error():
+    s = split_records(TRAIN, TEST, target_size=6, validation_size=8, seed=3,
+                      contamination=Contamination(share=0.5, seed=0))  # fmt: skip
+    assert not set(s.contamination["ids"]) & ids(s.validation)
+    with pytest.raises(DataError, match="validation_size 29 leaves no training pool"):
+        split_records(TRAIN, TEST, target_size=6, validation_size=29, seed=3)
 
 
 def test_none_sizes_keep_everything():
