@@ -42,6 +42,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.2 floats without a dot (1e-3, 2e-05): PyYAML (YAML 1.1) reads them as strings, but users write them and
+# DVC (`dvc exp run -S`, YAML 1.2) writes them into params.yaml that way
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 # dotted key -> value, applied on top of params.yaml as `dvc exp run -S` would; empty except while flows/preflight.py
 # checks a run that will set them (an experiment of the evidence profile)
 OVERRIDES: dict[str, object] = {}

@@ -1029,3 +1029,12 @@ def test_select_variant_and_section_errors(monkeypatch, capsys, select_ws, chang
     line = one_error_line(monkeypatch, capsys, select.main, [variant, "2"])
     assert message in line, line
     assert not (select_ws / "results").exists()
+
+
+def test_floats_without_a_dot_are_numbers_as_dvc_writes_them(monkeypatch, tmp_path):
+    """`dvc exp run -S finetune.train.learning_rate=1e-3` writes 1e-3 (YAML 1.2); PyYAML alone reads a string."""
+    from stages._common import params
+
+    in_workspace(monkeypatch, tmp_path, {})
+    (tmp_path / "params.yaml").write_text("sweep: {learning_rates: [2e-05, 1e-3, 1.0e-4, -1E+2], tag: x1e3}\n")
+    assert params("sweep") == {"learning_rates": [2e-5, 1e-3, 1e-4, -100.0], "tag": "x1e3"}
