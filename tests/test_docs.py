@@ -25,3 +25,14 @@ def test_readme_and_docs_do_not_read_as_a_diary():
 def test_every_docs_page_is_in_the_index():
     index = (ROOT / "docs" / "README.md").read_text()
     assert all(p.name in index for p in (ROOT / "docs").glob("*.md") if p.name != "README.md")
+
+
+def test_result_tables_in_the_docs_match_their_result_files():
+    """Every `<!-- table: FILE -->` block is what `python docs/tables.py` generates from FILE now."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "tables.py"), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    assert sum(p.read_text().count("<!-- table: ") for p in pages) >= 1  # the check has something to check
