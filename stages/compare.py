@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from infosift.compare import plot_metric, results_table, to_markdown
+from infosift.compare import results_table, to_markdown
 from infosift.data import dataset_name, read_rows
 from infosift.errors import DataError, TrackingError
 from infosift.evidence import (
@@ -30,12 +30,11 @@ from infosift.evidence import (
     control_table,
     evidence_table,
     length_controls,
-    plot_vs_tokens,
     verdict_lines,
 )
 from infosift.manifest import read_json_object, read_manifest
 from infosift.names import check_params_names
-from infosift.plots import not_computed
+from infosift.plots import not_computed, plot_metric, plot_vs_tokens
 from infosift.tracking import (
     Champion,
     VariantRun,
