@@ -568,7 +568,7 @@ def test_read_manifest_wants_string_ids(tmp_path):
 )
 def test_attribute_scores_name_the_file(tmp_path, text, weights, message):
     from infosift.errors import DataError
-    from infosift.scores import load_attribute_scores
+    from infosift.queries.attribute_scores import load_attribute_scores
 
     (tmp_path / "scores.json").write_text(text)
     with pytest.raises(DataError, match=message):
