@@ -2,7 +2,8 @@
 the FisherSketch alignment heatmap, the learning-rate sweep, and a stand-in for a metric not computed.
 
 Each draws on a ``matplotlib.figure.Figure`` (the Agg canvas, no pyplot global state: nothing leaks between
-figures or needs closing) and saves it as a PNG to the path it is given; the data comes in as plain tables.
+figures or needs closing) and saves it as a PNG to the path it is given; the data comes in as plain tables, made
+by the module whose numbers they are (infosift.evidence.tokens_curve, infosift.synthetic.summarize...).
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # no project module here: a stage that draws one figure does not depend on the others' data
     import pandas as pd
-
-    from infosift.evidence import ModelResult
 
 
 def plot_metric(df: pd.DataFrame, metric: str, out: str | Path, lower_is_better: bool = False) -> None:
@@ -46,7 +45,7 @@ def plot_metric(df: pd.DataFrame, metric: str, out: str | Path, lower_is_better:
 
 
 def plot_vs_tokens(
-    results: list[ModelResult],
+    curve: pd.DataFrame,
     out_path: str | Path,
     metric_name: str = "held-out NLL per token",
     lower_is_better: bool = True,
@@ -55,14 +54,11 @@ def plot_vs_tokens(
 ) -> None:
     """Mean metric over seeds vs training tokens (log x), one line per selector, t-interval error bars.
 
-    The points are infosift.evidence.tokens_curve (mean tokens, mean metric, the interval's half-width); the
-    ``reference`` selector is drawn black and dashed, the others compare with it.
+    ``curve``: infosift.evidence.tokens_curve's points (selector, tokens, mean, half), computed at ``level``.
+    The ``reference`` selector is drawn black and dashed, the others compare with it.
     """
     from matplotlib.figure import Figure
 
-    from infosift.evidence import tokens_curve
-
-    curve = tokens_curve(results, level)
     fig = Figure(figsize=(6.5, 4.2), dpi=120)
     ax = fig.subplots()
     for sel, g in curve.groupby("selector", sort=True):

@@ -30,6 +30,7 @@ from infosift.evidence import (
     control_table,
     evidence_table,
     length_controls,
+    tokens_curve,
     verdict_lines,
 )
 from infosift.manifest import read_json_object, read_manifest
@@ -236,7 +237,8 @@ def write_evidence(out: Path, rows: list[dict], all_params: dict, n_boot: int, u
         if len(ctrl):  # each selector against random drawn from the same length bins (select/length_matched.py)
             report += ["\nAgainst its length-matched control:\n\n", to_markdown(ctrl), "\n"]
             report += [f"- {line}\n" for line in control_lines(ctrl, "NLL", unit)]
-        plot_vs_tokens(results, out / ("nll_vs_tokens.png" if loss == losses[0] else f"nll_vs_tokens_{loss}.png"))
+        name = "nll_vs_tokens.png" if loss == losses[0] else f"nll_vs_tokens_{loss}.png"
+        plot_vs_tokens(tokens_curve(results), out / name)
         for r in ev.to_dict("records"):
             if r["verdict"] != "reference":
                 key = f"evidence.{r['selector']}-{r['budget']}-{loss}"

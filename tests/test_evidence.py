@@ -204,6 +204,6 @@ def test_tokens_curve_has_no_interval_for_a_single_seed_and_plots(tmp_path):
     for _, g in curve.groupby("selector"):
         assert g["tokens"].is_monotonic_increasing
     out = tmp_path / "nll_vs_tokens.png"
-    plot_vs_tokens(res, out)
+    plot_vs_tokens(curve, out)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

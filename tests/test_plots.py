@@ -102,7 +102,7 @@ def test_metric_plot_draws_each_selector_and_the_base_line(tmp_path, saved):
 def test_evidence_plot_draws_the_mean_over_seeds_at_the_mean_tokens(tmp_path, saved):
     from scipy import stats
 
-    from infosift.evidence import ModelResult
+    from infosift.evidence import ModelResult, tokens_curve
 
     rng = np.random.default_rng(2)
     den = rng.integers(5, 20, 30).astype(float)
@@ -110,7 +110,7 @@ def test_evidence_plot_draws_the_mean_over_seeds_at_the_mean_tokens(tmp_path, sa
         ModelResult(sel, budget, seed, budget - 10 * seed, rng.uniform(0.5, 2.0, 30) * den, den)
         for sel in ("random", "fishersft") for budget in (1000, 4000) for seed in (0, 1, 2)
     ]  # fmt: skip
-    plot_vs_tokens(results, tmp_path / "e.png", level=0.9)
+    plot_vs_tokens(tokens_curve(results, level=0.9), tmp_path / "e.png", level=0.9)
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
     ax = saved[-1].axes[0]
     drawn = {c.get_label(): c for c in ax.containers}
