@@ -6,7 +6,7 @@ group it runs, gives them ``grace_s`` to end (a stage writes through atomic_outp
 nothing DVC would take as finished), then SIGKILLs what is left, and exits 128 + the signal (143, 130). A second
 signal skips the grace. Nothing here imports Prefect at module level: flows.evidence runs without it.
 
-Retries: a stage ends with its own exit code (stages/_common.py): EXIT_BAD_INPUT (bad params, data, files) fails
+Retries: a stage ends with its own exit code (infosift/errors.py): EXIT_BAD_INPUT (bad params, data, files) fails
 the same way again and is not retried; EXIT_TRANSIENT (network, timeout, memory) and a kill by a signal (the
 kernel's out-of-memory killer, a node going away) may heal and are; an uncaught exception (exit 1) is a bug that
 a rerun repeats. DVC reports the stage's code as "exited with N".
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages._common import EXIT_BAD_INPUT, EXIT_TRANSIENT
+from infosift.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STAGE_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)\s*$")

@@ -15,12 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infosift.errors import InfosiftError
+from infosift.errors import EXIT_BAD_INPUT, EXIT_USAGE, InfosiftError, end_progress_bars
 
 FLOWS = {"run": "flows.pipeline", "evidence": "flows.evidence"}
-# exit codes as the stages end (stages/_common.py; BSD sysexits.h): a rerun with the same input fails the same way
-EXIT_USAGE = 64  # a command line the parser rejects, or a verb run where it cannot work
-EXIT_BAD_INPUT = 65  # bad data, files, manifests, selectors or budgets
 PROG = "infosift"
 DESCRIPTION = """Pick the most informative examples of an SFT dataset.
 
@@ -138,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, which argparse ends with sys.exit(0)
         return e.code if isinstance(e.code, int) else 0
     except (InfosiftError, OSError, ValueError) as e:  # what the stages take for bad input too
-        _end_progress_bars()
+        end_progress_bars()
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, UsageError) else EXIT_BAD_INPUT
 
@@ -178,14 +175,6 @@ def _export(args: argparse.Namespace) -> int:
     out, n = export_selection(args.manifest, args.format, args.data, args.out, args.prompt_field, args.response_field)
     print(f"infosift export: {n} rows -> {out}")
     return 0
-
-
-def _end_progress_bars() -> None:
-    """Close bars an error interrupted, so the error line starts a line of its own."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
-        bar.leave = False
-        bar.close()
 
 
 if __name__ == "__main__":

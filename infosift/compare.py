@@ -1,8 +1,6 @@
-"""Side-by-side results: a table (markdown + CSV) and one PNG per metric, metric vs budget per selector."""
+"""Side-by-side results: one table of every evaluated model, as markdown (its plots: infosift.plots)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pandas as pd
 
@@ -28,30 +26,3 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
-
-
-def plot_metric(df: pd.DataFrame, metric: str, out: str | Path, lower_is_better: bool = False) -> None:
-    """Metric vs budget, one line per (selector, loss); the base model as a dashed reference line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    tuned = df[df["selector"] != "base"]
-    for (selector, loss), g in tuned.groupby(["selector", "loss"], sort=True):
-        g = g.sort_values("budget")
-        err = g[f"{metric}_stderr"] if f"{metric}_stderr" in g else None
-        label = selector if loss == "nll" else f"{selector} ({loss})"
-        ax.errorbar(g["budget"], g[metric], yerr=err, marker="o", capsize=3, label=label)
-    base = df[df["selector"] == "base"]
-    if len(base) and metric in base:
-        ax.axhline(float(base[metric].iloc[0]), color="gray", linestyle="--", label="base (no fine-tune)")
-    ax.set_xlabel("budget (examples fine-tuned on)")
-    ax.set_ylabel(metric + (" (lower is better)" if lower_is_better else ""))
-    ax.set_title(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)

@@ -22,7 +22,6 @@ tokens random would need to reach the selector's metric ("random needs 1.7x the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -399,37 +398,16 @@ def verdict_lines(
     return lines
 
 
-def plot_vs_tokens(
-    results: list[ModelResult],
-    out_path: str | Path,
-    metric_name: str = "held-out NLL per token",
-    lower_is_better: bool = True,
-    level: float = 0.95,
-    reference: str = "random",
-) -> None:
-    """Mean metric over seeds vs training tokens (log x), one line per selector, t-interval error bars.
+def tokens_curve(results: list[ModelResult], level: float = 0.95) -> pd.DataFrame:
+    """Per selector and budget: mean tokens and mean metric over seeds, with the half-width of its t-interval.
 
-    The error bar is t_{(1+level)/2, n-1} * se of the mean over seeds; none for a single seed.
+    The half-width is t_{(1+level)/2, n-1} * se of the mean over seeds; NaN for a single seed. Rows sorted by
+    selector, then tokens: the points of the metric-vs-tokens plot (infosift.plots.plot_vs_tokens).
     """
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
-
-    models = _per_model(results)
-    fig = Figure(figsize=(6.5, 4.2), dpi=120)
-    ax = fig.subplots()
-    for sel, g in models.groupby("selector", sort=True):
-        pts = []
-        for _, b in g.groupby("budget", sort=True):
-            mean, se = mean_se(b["metric"].to_numpy())
-            half = stats.t.ppf((1 + level) / 2, len(b) - 1) * se if len(b) > 1 else np.nan
-            pts.append((b["tokens"].mean(), mean, half))
-        x, y, err = np.array(sorted(pts)).T
-        style = {"color": "black", "linestyle": "--", "zorder": 3} if sel == reference else {}
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=sel, **style)
-    ax.set_xscale("log")
-    ax.set_xlabel("training tokens used (mean over seeds, log scale)")
-    ax.set_ylabel(metric_name + (" (lower is better)" if lower_is_better else " (higher is better)"))
-    ax.set_title(f"{metric_name} vs training tokens ({100 * level:g} % t-interval over seeds)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_path, format="png")
+    rows = []
+    for (sel, budget), b in _per_model(results).groupby(["selector", "budget"], sort=True):
+        mean, se = mean_se(b["metric"].to_numpy())
+        half = stats.t.ppf((1 + level) / 2, len(b) - 1) * se if len(b) > 1 else np.nan
+        rows.append({"selector": sel, "budget": budget, "tokens": b["tokens"].mean(), "mean": mean, "half": half})
+    df = pd.DataFrame(rows, columns=["selector", "budget", "tokens", "mean", "half"])
+    return df.sort_values(["selector", "tokens", "mean"], kind="stable").reset_index(drop=True)

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from infosift.atomic import atomic_output, atomic_write_text
-from infosift.device import pick_device
+from infosift.device import torch_device
 from infosift.errors import DeviceError, ModelResolutionError
 from infosift.hashing import file_sha256
 
@@ -389,26 +389,6 @@ def load_model_and_tokenizer(
     if quant is None:
         model = model.to(device)
     return model.eval(), tokenizer
-
-
-def torch_device(device=None):
-    """``device`` (or the default, see pick_device) as a torch.device this machine has; else a DeviceError."""
-    import torch
-
-    name = pick_device(device)
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise DeviceError(f"device {name!r} is not a torch device (use cpu, cuda, cuda:N or mps)") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= n:
-            raise DeviceError(f"device {name!r} is not available here ({n} CUDA devices)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("device 'mps' is not available here")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"device {name!r}: infosift runs on cpu, cuda or mps")
-    return dev
 
 
 @contextlib.contextmanager

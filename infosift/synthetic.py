@@ -264,25 +264,3 @@ def report(table: pd.DataFrame, focus: str = "fishersft") -> tuple[str, dict]:
             row.append(f"{ratio:.3f} (wins {wins:.0%})")
         rows.append(row)
     return to_markdown(pd.DataFrame(rows, columns=head)), metrics
-
-
-def figure(summary: pd.DataFrame, title: str = ""):
-    """Mean prediction error vs n per selector, error bars = standard error over seeds, log-log axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for name, part in summary.groupby("selector", sort=False):
-        ax.errorbar(part.n, part.error, yerr=part.error_se, marker="o", capsize=3, label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(sorted(summary.n.unique()), [str(n) for n in sorted(summary.n.unique())])
-    ax.set_xlabel("sentences selected n")
-    ax.set_ylabel("mean ||p_Θ̂(x) − p_Θ(x)||₁ on test tokens")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig

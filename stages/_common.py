@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from infosift.atomic import atomic_output as atomic_output  # re-exported: the library's one atomic writer
+from infosift.device import torch_device
+from infosift.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, DeviceError, InfosiftError, end_progress_bars
 
 # Offline unless the user opts in: nothing reaches a hub by accident.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -105,12 +107,6 @@ def whole_number(text: str, what: str) -> int:
         raise StageError(f"{what} must be a whole number, got {text!r}") from None
 
 
-# Exit codes a stage ends with, so that whoever runs it (the Prefect flow) knows whether a rerun can help.
-# 1 stays Python's own: an uncaught exception, a bug that a rerun repeats. Codes from BSD's sysexits.h.
-EXIT_BAD_INPUT = 65  # the project's errors: bad params, data or files; the same input fails the same way again
-EXIT_TRANSIENT = 75  # a failure the world may heal: a server unreachable or timing out, memory exhausted
-
-
 def transient(e: BaseException) -> bool:
     """Whether ``e``, or what caused it, is a failure a rerun may not meet again: a network error, a timeout,
     memory exhausted. A project error raised while handling one (MLflow unreachable, Ray gone) counts too.
@@ -140,8 +136,6 @@ def run(main: Callable[[list[str]], None]) -> None:
     error they caused) exits with EXIT_TRANSIENT. Anything else is a bug and keeps its traceback (exit 1). A stage
     writes through atomic_output, so nothing finished-looking is left behind either way.
     """
-    from infosift.errors import InfosiftError
-
     try:
         main(sys.argv[1:])
     except Exception as e:
@@ -151,25 +145,10 @@ def run(main: Callable[[list[str]], None]) -> None:
             code = EXIT_BAD_INPUT
         else:
             raise
-        _end_progress_bars()
+        end_progress_bars()
         text = f"missing parameter or field {e}" if isinstance(e, KeyError) else _one_line(e)
         print(f"error: {text}", file=sys.stderr)
         sys.exit(code)
-
-
-def _end_progress_bars() -> None:
-    """Close the tqdm bars an error interrupted, so that the error line starts a line of its own.
-
-    tqdm redraws a bar with '\\r' and no newline; an error printed after it would sit at the end of the bar's
-    line, and the bar would be drawn once more at exit.
-    """
-    tqdm = sys.modules.get("tqdm")
-    bars = list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or [])
-    for bar in bars:
-        bar.leave = False
-        bar.close()
-    if bars:
-        sys.stderr.write("\n")
 
 
 def _one_line(e: BaseException) -> str:
@@ -244,31 +223,19 @@ def check_items(
     return checked
 
 
-DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
-
-
 def check_device(value: object, name: str) -> str | None:
     """A params.yaml device (cpu, cuda, cuda:N, mps, or nothing for the default), checked to exist here.
 
-    Checked when the stage starts: torch would otherwise fail deep inside model loading with a traceback.
+    Checked when the stage starts: torch would otherwise fail deep inside model loading with a traceback. The check
+    is the library's (infosift.device.torch_device); the stage only names the parameter.
     """
     if value is None:
         return None
     device = check_param(value, name, str)
-    if not DEVICE.fullmatch(device):
-        raise StageError(f"params.yaml {name}: must be cpu, cuda, cuda:N or mps, got {device!r}")
-    if device.startswith("cuda"):
-        import torch
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= n:
-            raise StageError(f"params.yaml {name}: {device} is not available here ({n} CUDA devices)")
-    if device == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise StageError(f"params.yaml {name}: mps is not available here")
+    try:
+        torch_device(device)
+    except DeviceError as e:
+        raise StageError(f"params.yaml {name}: {e}") from None
     return device
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from infosift.compare import plot_metric, results_table, to_markdown
+from infosift.compare import results_table, to_markdown
 from infosift.data import dataset_name, read_rows
 from infosift.errors import DataError, TrackingError
 from infosift.evidence import (
@@ -30,12 +30,12 @@ from infosift.evidence import (
     control_table,
     evidence_table,
     length_controls,
-    plot_vs_tokens,
+    tokens_curve,
     verdict_lines,
 )
 from infosift.manifest import read_json_object, read_manifest
 from infosift.names import check_params_names
-from infosift.plots import not_computed
+from infosift.plots import not_computed, plot_metric, plot_vs_tokens
 from infosift.tracking import (
     Champion,
     VariantRun,
@@ -237,7 +237,8 @@ def write_evidence(out: Path, rows: list[dict], all_params: dict, n_boot: int, u
         if len(ctrl):  # each selector against random drawn from the same length bins (select/length_matched.py)
             report += ["\nAgainst its length-matched control:\n\n", to_markdown(ctrl), "\n"]
             report += [f"- {line}\n" for line in control_lines(ctrl, "NLL", unit)]
-        plot_vs_tokens(results, out / ("nll_vs_tokens.png" if loss == losses[0] else f"nll_vs_tokens_{loss}.png"))
+        name = "nll_vs_tokens.png" if loss == losses[0] else f"nll_vs_tokens_{loss}.png"
+        plot_vs_tokens(tokens_curve(results), out / name)
         for r in ev.to_dict("records"):
             if r["verdict"] != "reference":
                 key = f"evidence.{r['selector']}-{r['budget']}-{loss}"

@@ -1,7 +1,7 @@
 """select@<variant>-<budget>: run one selector variant on the pool's token features, once per seed.
 
 A variant is a named selector configuration in params.yaml (select.variants): the selector's
-registry name, its construction params, and which query signal it gets (a kind in infosift/queries.py:
+registry name, its construction params, and which query signal it gets (a kind in infosift/queries/:
 GIP's targets or scores, DSIR's n-gram importance weights toward the target slice). Budgets count
 ``select.budget_unit``: tokens (what a fine-tune pays for) or examples. A seeded selector (random,
 density) selects once per seed in ``select.seeds``; a deterministic one selects once and writes that

@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 
 from infosift import synthetic as syn  # noqa: E402
 from infosift.errors import InfosiftError  # noqa: E402
+from infosift.plots import prediction_error_plot  # noqa: E402
 from infosift.select import get_selector  # noqa: E402
 from stages._common import StageError, atomic_output, check_items, check_keys, check_param, params, run  # noqa: E402
 
@@ -78,14 +79,13 @@ def main(argv: list[str]) -> None:
         f"M={problem.get('tokens_per_sentence', 10)}, N={problem.get('pool_size', 1000)}, "
         f"{len(seeds)} seeds, bars = s.e."
     )
-    fig = syn.figure(syn.summarize(table), title)
 
     with atomic_output(OUT / "table.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_output(OUT / "table.md") as tmp:
         tmp.write_text(md)
     with atomic_output(OUT / "prediction_error.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        prediction_error_plot(syn.summarize(table), tmp, title)
     with atomic_output(OUT / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     print(md, end="")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from data_selection.hashed_ngram_dsir import get_ngram_counts
 
-from infosift.dsir import dsir_log_weights
 from infosift.features import TokenFeatures
+from infosift.queries.dsir_weights import dsir_log_weights
 from infosift.select import SelectionError, get_selector
 
 MATH = [

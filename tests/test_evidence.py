@@ -12,9 +12,9 @@ from infosift.evidence import (
     mean_se,
     metric,
     paired_bootstrap,
-    plot_vs_tokens,
     random_equivalent,
     seeds_won,
+    tokens_curve,
     verdict,
     verdict_lines,
 )
@@ -191,10 +191,19 @@ def test_evidence_table_pairs_by_seed_and_reports_errors():
         evidence_table(short, n_boot=200)
 
 
-def test_plot_writes_png(tmp_path):
+def test_tokens_curve_has_no_interval_for_a_single_seed_and_plots(tmp_path):
+    from infosift.plots import plot_vs_tokens
+
     res = _synthetic_results(e=50)
     res.append(ModelResult("single", 1000, 0, 1000, res[0].num * 0.98, res[0].den))  # one seed: no error bar
+    curve = tokens_curve(res)
+    single = curve[curve["selector"] == "single"].iloc[0]
+    assert np.isnan(single["half"]) and single["mean"] == pytest.approx(metric(res[0].num * 0.98, res[0].den))
+    assert not curve[curve["selector"] != "single"]["half"].isna().any()
+    assert list(curve["selector"]) == sorted(curve["selector"])  # one run of rows per selector, tokens ascending
+    for _, g in curve.groupby("selector"):
+        assert g["tokens"].is_monotonic_increasing
     out = tmp_path / "nll_vs_tokens.png"
-    plot_vs_tokens(res, out)
+    plot_vs_tokens(curve, out)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -114,7 +114,7 @@ def test_bad_requests_raise():
 
 
 def test_ma_scores_aligned_to_ids_with_clear_errors(tmp_path):
-    from infosift.scores import load_attribute_scores
+    from infosift.queries.attribute_scores import load_attribute_scores
 
     path = tmp_path / "ma.json"
     path.write_text('{"b": {"help": 2, "acc": 1}, "a": {"help": 1, "acc": 3}, "c": {"help": 0}}')

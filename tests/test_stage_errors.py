@@ -324,7 +324,7 @@ def test_check_items(values, message):
         check_items(values, "b", int, low=1)
 
 
-@pytest.mark.parametrize("device", ["tpu", "3", "cuda:99", 0])
+@pytest.mark.parametrize("device", ["tpu", "3", "cuda:99", "", "meta", 0])
 def test_check_device_names_the_parameter(device):
     from stages._common import check_device
 
@@ -396,8 +396,9 @@ def test_model_dir_is_checked_before_loading(tmp_path, tiny_model_dir, change, m
 
 
 def test_truncated_weights_and_bad_device_are_one_error(tmp_path, tiny_model_dir):
+    from infosift.device import torch_device
     from infosift.errors import DeviceError, ModelResolutionError
-    from infosift.models import load_model_and_tokenizer, torch_device
+    from infosift.models import load_model_and_tokenizer
 
     def truncate(d: Path) -> None:
         (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000])
@@ -567,7 +568,7 @@ def test_read_manifest_wants_string_ids(tmp_path):
 )
 def test_attribute_scores_name_the_file(tmp_path, text, weights, message):
     from infosift.errors import DataError
-    from infosift.scores import load_attribute_scores
+    from infosift.queries.attribute_scores import load_attribute_scores
 
     (tmp_path / "scores.json").write_text(text)
     with pytest.raises(DataError, match=message):
@@ -607,7 +608,7 @@ def test_download_params(monkeypatch, tmp_path, change, message):
 @pytest.mark.parametrize(
     ("evaluate", "message"),
     [
-        ({"device": "tpu"}, "evaluate.device: must be cpu, cuda, cuda:N or mps"),
+        ({"device": "tpu"}, "evaluate.device: device 'tpu' is not a torch device"),
         ({"gsm8k": {"limit": 1, "num_fewshot": 2}}, "evaluate.gsm8k.num_fewshot: unknown parameter"),
         ({"gsm8k": {"limit": 1, "max_gen_toks": 0}}, "evaluate.gsm8k.max_gen_toks: must be >= 1"),
         ({"gsm8k": {"limit": 1, "batch_size": "x"}}, "evaluate.gsm8k.batch_size: must be a whole number"),
@@ -852,7 +853,7 @@ def test_lora_target_modules_the_model_lacks_is_one_error_naming_lora():
         ([RECORD], None, {}, "target.jsonl: file not found"),
         ([RECORD], '{"question": "q", "answer": "a"}\n', {}, "target.jsonl:1: missing field 'id'"),
         ([RECORD], "", {"device": 0}, "params.yaml embed.device: must be a str, got 0"),
-        ([RECORD], "", {"device": "tpu"}, "params.yaml embed.device: must be cpu, cuda, cuda:N or mps"),
+        ([RECORD], "", {"device": "tpu"}, "params.yaml embed.device: device 'tpu' is not a torch device"),
         ([RECORD], "", {}, "params.yaml has no 'model' section"),  # good inputs get as far as the model
     ],
 )

@@ -1,4 +1,5 @@
-"""DSIR as a selector: rank the pool by its log importance weights (infosift/dsir.py), then fill the budget.
+"""DSIR as a selector: rank the pool by its log importance weights (infosift/queries/dsir_weights.py), then fill
+the budget.
 
 ``mode="topk"`` takes the highest log weights first (ties: lowest index). ``mode="sample"`` is DSIR's own
 resampling, without replacement and with probability proportional to w(x), done as Gumbel top-k on

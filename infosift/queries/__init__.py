@@ -4,7 +4,8 @@ A selector variant names its query kind (params.yaml ``select.variants.<v>.query
 looks the kind up here and passes where the data lies. A kind returns the keyword arguments ``select()``
 gets (``targets=`` for GIP's target slice, ``scores=`` for per-example signals) and the content hashes of
 the files they came from, so the manifest records what produced the selection. A new kind is one
-decorated function here.
+decorated function here; what a kind needs beyond reading files lives beside it in this package
+(dsir_weights.py: DSIR's n-gram importance weights; attribute_scores.py: multi-attribute scores from a user file).
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def dsir_query(src: QuerySource) -> QueryInputs:
 
 @register_query("ma", options=("attribute_weights", "scores_file"))
 def attribute_scores_query(src: QuerySource) -> QueryInputs:
-    """GIP toward weighted multi-attribute scores from a user file (infosift/scores.py)."""
-    from infosift.scores import load_attribute_scores
+    """GIP toward weighted multi-attribute scores from a user file (queries/attribute_scores.py)."""
+    from infosift.queries.attribute_scores import load_attribute_scores
 
     path = src.options.get("scores_file")
     if not path:
@@ -108,7 +109,7 @@ def attribute_scores_query(src: QuerySource) -> QueryInputs:
 
 def dsir_scores(ids: list[str], pool_path: Path, target_path: Path) -> np.ndarray:
     """DSIR log importance weights of the pool toward the target slice, aligned to the feature ids."""
-    from infosift.dsir import dsir_log_weights  # pulls in data_selection: only when DSIR is asked for
+    from infosift.queries.dsir_weights import dsir_log_weights  # pulls in data_selection: only when DSIR is asked for
 
     target = read_records(target_path) if target_path.stat().st_size else []
     if not target:
