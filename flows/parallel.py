@@ -22,10 +22,10 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
 
-import flows.pipeline as fp
 from flows import supervise
-from flows.pipeline import FlowError
+from flows._dvc import ROOT, FlowError, stream
 
 CODE = Path(__file__).resolve().parent.parent  # where `flows` imports from, for the Ray workers
 # the matrix stages that fan out: each item fine-tunes or evaluates one variant (a test checks them in dvc.yaml)
@@ -36,7 +36,7 @@ def matrix_items(group: str, root: Path | None = None) -> list[dict]:
     """Each item of a stage group as DVC resolves it: name (`group@key`), cmd, wdir and the outs DVC replaces."""
     from dvc.repo import Repo
 
-    root = Path(root or fp.ROOT)
+    root = Path(root or ROOT)
     with Repo(str(root)) as repo:
         stages = repo.stage.collect(f"{root / 'dvc.yaml'}:{group}")  # a bare name would resolve against the cwd
         return [
@@ -52,7 +52,7 @@ def matrix_items(group: str, root: Path | None = None) -> list[dict]:
 
 def stale_items(group: str, root: Path | None = None) -> set[str]:
     """Names of the group's items that `dvc status` finds out of date (changed deps, outs, params or command)."""
-    proc = subprocess.run(["dvc", "status", "--json", group], cwd=root or fp.ROOT, capture_output=True, text=True)
+    proc = subprocess.run(["dvc", "status", "--json", group], cwd=root or ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise FlowError(f"dvc status {group} failed: {last}")
@@ -77,7 +77,7 @@ def run_item(name: str, cmd: str, wdir: str, pipeline_run: str) -> dict:
     get_run_logger().info("$ %s  (on %s, pid %d)", cmd, host, os.getpid())
     start = time.time()
     # in a process group of its own: a cancelled task (a stopped run) ends the item's whole group, not just a shell
-    code, _ = fp._stream(cmd, Path(wdir), {**os.environ, "INFOSIFT_PIPELINE_RUN": pipeline_run}, prefix=f"[{name}] ")
+    code, _ = stream(cmd, Path(wdir), {**os.environ, "INFOSIFT_PIPELINE_RUN": pipeline_run}, prefix=f"[{name}] ")
     end = time.time()
     if code != 0:
         raise FlowError(f"failed with exit code {code} (its output is in the task's log)")
@@ -85,7 +85,7 @@ def run_item(name: str, cmd: str, wdir: str, pipeline_run: str) -> dict:
 
 
 @task(cache_policy=NONE, task_run_name="dvc commit {group}")
-def dvc_commit(group: str, items: list[dict]) -> None:
+def dvc_commit(group: str, items: list[dict], root: Path | None = None) -> None:
     """Record the items' deps and outs in dvc.lock and the cache: one DVC process, so one lock, serially."""
     missing = [p for item in items for p in item["outs"] if not os.path.lexists(p)]
     if missing:
@@ -94,7 +94,7 @@ def dvc_commit(group: str, items: list[dict]) -> None:
         )
     cmd = ["dvc", "commit", "--force", *(item["name"] for item in items)]
     get_run_logger().info("$ %s", " ".join(cmd))
-    if (code := fp._stream(cmd, fp.ROOT, dict(os.environ))[0]) != 0:
+    if (code := stream(cmd, root or ROOT, dict(os.environ))[0]) != 0:
         raise FlowError(f"dvc commit of {group} failed with exit code {code}")
 
 
@@ -136,8 +136,12 @@ def _api_url() -> str:
     return str(get_run_context().client.api_url)
 
 
-def run_on_ray(group: str, items: list[dict], address: str, cpus: float, gpus: float) -> list:
-    """The items as concurrent Ray tasks (a subflow on RayTaskRunner); per item its report or its exception."""
+def run_on_ray(
+    group: str, items: list[dict], address: str, cpus: float, gpus: float, env: dict[str, str] | None = None
+) -> list:
+    """The items as concurrent Ray tasks (a subflow on RayTaskRunner); per item its report or its exception.
+
+    ``env``: what the workers need of this shell to track and judge (MLflow's variables, the judge key's)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect_ray import RayTaskRunner
 
@@ -147,39 +151,49 @@ def run_on_ray(group: str, items: list[dict], address: str, cpus: float, gpus: f
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PYTHONPATH": os.pathsep.join(p for p in (str(CODE), os.environ.get("PYTHONPATH", "")) if p),
-        **fp.cluster_env(),  # MLflow's and the judge key's variables: workers do not share this shell
+        **(env or {}),  # MLflow's and the judge key's variables: workers do not share this shell
     }
     try:
         with temporary_settings({PREFECT_API_URL: api}):
             return ray_items.with_options(task_runner=RayTaskRunner(address=address))(
-                group, items, str(fp.flow_run.get_id() or ""), cpus, gpus, env
+                group, items, str(flow_run.get_id() or ""), cpus, gpus, env
             )
     except ConnectionError as e:
         raise FlowError(f"cannot reach Ray at {address}: {' '.join(str(e).split())}") from None
 
 
-def fan_out(group: str, address: str, force: bool = False, cpus: float = 1, gpus: float = 0) -> list[dict]:
+def fan_out(
+    group: str,
+    address: str,
+    force: bool = False,
+    cpus: float = 1,
+    gpus: float = 0,
+    root: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> list[dict]:
     """Run the group's out-of-date items concurrently on Ray, then commit the finished ones to dvc.lock.
+
+    ``root``: the workspace (the pipeline's); ``env``: what the Ray workers need of this shell (pipeline.cluster_env).
 
     Returns what each item reported (name, start, end, host). Items that failed are not committed (DVC keeps
     them out of date for the next run); the run then ends with one error naming them.
     """
     logger = get_run_logger()
-    items = matrix_items(group)
-    todo = items if force else [i for i in items if i["name"] in stale_items(group)]
+    items = matrix_items(group, root)
+    todo = items if force else [i for i in items if i["name"] in stale_items(group, root)]
     logger.info("%s: %d of %d items out of date%s", group, len(todo), len(items), "" if todo else "; nothing to run")
     if not todo:
         return []
     for item in todo:
         _remove_outs(item["outs"])
-    results = run_on_ray(group, todo, address, cpus, gpus)
+    results = run_on_ray(group, todo, address, cpus, gpus, env)
     done = [item for item, r in zip(todo, results, strict=True) if isinstance(r, dict)]
     failed = [(item["name"], r) for item, r in zip(todo, results, strict=True) if not isinstance(r, dict)]
     for r in results:
         if isinstance(r, dict):
             logger.info("%s ran on %s in %.1f s", r["name"], r["host"], r["end"] - r["start"])
     if done:
-        dvc_commit(group, done)
+        dvc_commit(group, done, root)
     if failed:
         name, err = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""

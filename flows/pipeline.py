@@ -33,17 +33,13 @@ from prefect.cache_policies import NONE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from flows import supervise  # noqa: E402
+from flows._dvc import ROOT, FlowError, stream  # noqa: E402
 from flows.preflight import check_config  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 # what the compare stage writes (its outs in dvc.yaml; a test holds this) and the flow publishes as artifacts
 COMPARE_DIR = Path("results/compare")
 COMPARE_MARKDOWN = {"compare-table": "table.md", "selection-evidence": "evidence.md"}
 COMPARE_VERDICTS = "evidence.csv"
-
-
-class FlowError(RuntimeError):
-    """A user-facing problem of the flow (a failed stage, an unreachable API): one `error:` line, exit 1."""
 
 
 class StageFailed(FlowError):
@@ -96,13 +92,6 @@ def run_name() -> str:
     return f"pipeline-{commit}{dirty}-{params8}"
 
 
-def _stream(cmd: list[str] | str, cwd: Path, env: dict, prefix: str = "") -> tuple[int, list[str]]:
-    """Run ``cmd`` in a process group of its own, copy its output line by line into the Prefect log; return its
-    exit code and last lines. A stop ends the whole group (supervise.stream)."""
-    logger = get_run_logger()
-    return supervise.stream(cmd, cwd, env, lambda line: logger.info(prefix + line))
-
-
 def pipeline_env() -> dict:
     """The stages' environment: compare tags its MLflow runs with the pipeline's flow-run id."""
     return {**os.environ, "INFOSIFT_PIPELINE_RUN": str(flow_run.get_id() or "")}
@@ -123,7 +112,7 @@ def dvc_repro(stage: str, force: bool = False) -> None:
     cmd = ["dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
     logger = get_run_logger()
     logger.info("$ %s", " ".join(cmd))
-    code, tail = _stream(cmd, ROOT, pipeline_env())
+    code, tail = stream(cmd, ROOT, pipeline_env())
     if code != 0:
         failure = supervise.classify(code, tail)
         then = (
@@ -234,7 +223,8 @@ def pipeline(
 
         for stage in stages:
             if stage in PARALLEL_STAGES:
-                fan_out(stage, ray_address, force=force, cpus=cpus_per_item, gpus=gpus_per_item)
+                workers = cluster_env()  # what the Ray workers need of this shell
+                fan_out(stage, ray_address, force=force, cpus=cpus_per_item, gpus=gpus_per_item, root=ROOT, env=workers)
             else:
                 repro(stage, force=force)
     else:

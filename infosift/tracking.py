@@ -13,6 +13,7 @@ import csv
 import json
 import re
 import subprocess
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from infosift.data import read_records
+from infosift.data_manifest import DATA_MANIFEST, split_digests
 from infosift.errors import DataError, TrackingError
 from infosift.hashing import file_sha256
 from infosift.manifest import content_hash
@@ -91,8 +93,7 @@ class DatasetRef:
 def download_datasets(dataset: str, root: str | Path = ".") -> dict[str, DatasetRef]:
     """The pool and the test set download wrote, by the sha256 its manifest records (hashed here if it has none)."""
     root = Path(root)
-    manifest_path = root / "data/download/manifest.json"
-    recorded = json.loads(manifest_path.read_text()).get("sha256", {}) if manifest_path.exists() else {}
+    recorded = split_digests(root / DATA_MANIFEST)
     refs = {}
     for part, context in (("pool", "pool"), ("test", "eval")):
         path = f"data/download/{part}.jsonl"
@@ -256,6 +257,37 @@ def pick_champion(rows: list[dict], metric: str, lower_is_better: bool, dataset:
     return Champion(best["variant"], registered_model_name(dataset), metric, float(best[metric]))
 
 
+def variant_runs(
+    rows: list[dict],
+    model: object,
+    finetune: dict,
+    lock: dict,
+    log_models: bool | str,
+    select_name: Callable[[str, int], str],
+    champion: Champion | None = None,
+    data: dict | None = None,
+) -> list[VariantRun]:
+    """One nested MLflow run per compare row: the base model, then each fine-tuned variant with its lineage.
+
+    ``model``: the base model's params; ``finetune``: the training config; ``select_name(selector, budget)``: the
+    selection a row trained on; ``data``: download_datasets(). ``log_models``: true logs every fine-tuned model,
+    "champion" only the one to register, false none.
+    """
+    data = data or {}
+    test = [data["test"]] if "test" in data else []
+    pool = [data["pool"]] if "pool" in data else []
+    runs = []
+    for row in rows:
+        if row["variant"] == "base":
+            runs.append(base_run(model, row, datasets=test))
+            continue
+        is_champion = champion is not None and champion.variant == row["variant"]
+        log = log_models is True or (log_models == "champion" and is_champion)
+        name = select_name(row["selector"], row["budget"])
+        runs.append(variant_run(row, name, lock, finetune, log, datasets=pool + test))
+    return runs
+
+
 @dataclass(frozen=True)
 class Logged:
     """Where a pipeline run landed: ids to print and to test against."""
@@ -265,6 +297,60 @@ class Logged:
     url: str
     models: dict[str, str]  # variant -> model uri (models:/<model id>)
     champion_version: str | None = None
+
+
+def log_compare(
+    rows: list[dict],
+    params: dict,
+    *,
+    dataset: str,
+    out: str | Path,
+    metrics: dict[str, float],
+    champion: Champion | None,
+    log_models: bool | str,
+    select_name: Callable[[str, int], str],
+    experiment: str = DEFAULT_EXPERIMENT,
+    uri: str | None = None,
+    flow_run: str = "",
+) -> list[str]:
+    """compare's pipeline run: one parent run, a nested run per row (variant_runs), datasets, models and the
+    champion's version; ``out`` holds compare's results (logged as artifacts). Returns the lines to print once the
+    results are in place.
+
+    ``params``: the pipeline's params by stage, logged on the parent run (its ``model`` and ``finetune.train`` go to
+    the nested runs too); ``dataset``: download's dataset name; ``flow_run``: the Prefect flow run that ran compare.
+    """
+    lock = dvc_lock_hashes()
+    tags = {
+        "git_commit": git_commit(),
+        "infosift.dataset": dataset,
+        "prefect.flow_run_id": flow_run,
+        **lineage_tags(lock, ("download", "embed")),
+    }
+    if champion is not None:
+        tags["infosift.champion_metric"] = champion.metric
+    data = download_datasets(dataset)
+    finetune = params["finetune"].get("train", {})
+    logged = log_pipeline(
+        run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+        params=params,
+        tags=tags,
+        variants=variant_runs(rows, params["model"], finetune, lock, log_models, select_name, champion, data),
+        artifacts={"compare": str(out), "data_manifest": str(DATA_MANIFEST)},
+        experiment=experiment,
+        metrics=metrics,
+        datasets=list(data.values()),
+        uri=uri,
+        champion=champion,
+        trust_remote_code=bool(params["model"].get("trust_remote_code", False)),
+    )
+    lines = [f"compare: MLflow parent run {logged.run_id}; browse: {logged.url}"]
+    if logged.champion_version:
+        lines.append(
+            f"compare: {champion.variant} ({champion.metric} {champion.value:.4g}) is version "
+            f"{logged.champion_version} of {champion.registered_name}, alias champion"
+        )
+    return lines
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -13,11 +13,9 @@ what was altered.
 
 from __future__ import annotations
 
-import json
-
 from infosift.data import DataSource, dataset_name, dataset_spec, load_file, locate_dataset, write_jsonl
+from infosift.data_manifest import data_manifest, write_data_manifest
 from infosift.errors import ContaminationError, DataError
-from infosift.hashing import file_sha256
 from infosift.names import check_name
 from infosift.splits import Contamination, split_records
 from stages._common import StageError, atomic_output, check_keys, check_param, params, run
@@ -140,20 +138,8 @@ def main(argv: list[str]) -> None:
         tmp.mkdir()
         for name, recs in parts.items():
             write_jsonl(tmp / f"{name}.jsonl", recs)
-        manifest = {
-            "dataset": spec.name,
-            "sources": {k: str(f) for k, f in paths.items()},
-            "source_sha256": {k: file_sha256(f) for k, f in paths.items()},
-            "counts": splits.counts,
-            "duplicates_dropped": {"train": train_dupes, "test": test_dupes},
-            "train_examples_also_in_test_dropped": splits.leaked,
-            "contamination": splits.contamination,
-            "params": p,
-            "sha256": {n: file_sha256(tmp / f"{n}.jsonl") for n in parts},
-        }
-        if splits.carved:  # only then: a dataset with a test split keeps the manifest it always had
-            manifest["test_held_out_from_train"] = {"n": splits.carved, "seed": p["seed"] + 2}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        dropped = {"train": train_dupes, "test": test_dupes}
+        write_data_manifest(tmp / "manifest.json", data_manifest(spec.name, paths, splits, dropped, p, tmp))
     print(
         f"download: {spec.name} pool={len(pool)} target={len(target)} validation={len(splits.validation)} "
         f"test={len(test)} "

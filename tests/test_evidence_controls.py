@@ -87,21 +87,17 @@ def test_control_table_leaves_out_what_has_no_results():
     assert "reference" in control_table(res, {}).columns
 
 
-def test_compare_reports_each_selector_against_its_control(tmp_path, monkeypatch):
-    """stages.compare.write_evidence: the control rows go to evidence.csv (``reference``) and evidence.md."""
+def test_compare_reports_each_selector_against_its_control(tmp_path):
+    """compare's evidence report (write_evidence): the control rows go to evidence.csv (``reference``) and
+    evidence.md."""
     import itertools
     import json
 
     import pandas as pd
 
-    from stages.compare import write_evidence
+    from infosift.evidence_report import write_evidence
 
-    monkeypatch.chdir(tmp_path)
     variants = {"random": {}, "length": {}, "length-lm": {"selector": "length_matched", "of": {"selector": "length"}}}
-    all_params = {
-        "select": {"run": list(variants), "variants": variants, "seeds": [0, 1]},
-        "finetune": {"losses": ["nll"]},
-    }
     rows, rng = [], np.random.default_rng(3)
     for (variant, shift), seed in itertools.product([("random", 0.0), ("length", -0.2), ("length-lm", -0.1)], [0, 1]):
         name = f"{variant}-100-s{seed}-nll"
@@ -113,7 +109,10 @@ def test_compare_reports_each_selector_against_its_control(tmp_path, monkeypatch
             {"variant": name, "selector": variant, "budget": 100, "seed": seed, "loss": "nll", "train_tokens": 100}
         )
     (tmp_path / "out").mkdir()
-    write_evidence(tmp_path / "out", rows, all_params, 200, "tokens")
+    write_evidence(
+        tmp_path / "out", rows, run=list(variants), variants=variants, seeds=[0, 1], losses=["nll"], n_boot=200,
+        unit="tokens", root=tmp_path,
+    )  # fmt: skip
     csv = pd.read_csv(tmp_path / "out/evidence.csv")
     vs = csv.set_index(["selector", "reference"])
     assert vs.loc[("length", "length-lm"), "verdict"].startswith("beats length-lm")

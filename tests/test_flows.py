@@ -360,7 +360,7 @@ def workspace(tmp_path, monkeypatch, prefect_api):
     monkeypatch.setattr(fp, "ROOT", repo)
     monkeypatch.setattr(fp, "check_config", lambda *a, **k: None)  # this repo has no params.yaml to check
 
-    def run_here(group, items, address, cpus, gpus):
+    def run_here(group, items, address, cpus, gpus, env=None):
         results = []
         for i in items:
             try:
