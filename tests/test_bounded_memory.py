@@ -200,3 +200,34 @@ def test_gip_on_a_large_pool_reads_gram_columns_instead_of_holding_m_squared():
     small = greedy_projection(emb[:500], q, 6, 1.0)  # under the cap: the precomputed Gram, as before
     np.testing.assert_array_equal(small[0], greedy_projection(emb[:500], q, 6, 1.0, max_gram_bytes=0)[0])
     assert len(idx) == 6 and np.all(gains > 0)
+
+
+@pytest.mark.parametrize("weighting", ["none", "length"])
+def test_the_greedy_keeps_its_cache_of_k_under_the_cap_and_picks_the_same(weighting, monkeypatch):
+    """Flat gains (length weighting) make the lazy greedy re-evaluate most of the pool each step; the M x M K_i it
+    caches for updates grew with the pool. Capped, the picks are the same and the gains equal up to round-off."""
+    import infosift.select.incremental as inc
+    from infosift.select import get_selector
+
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(5, 30, size=300).tolist()
+    f = pool(lengths, d=64, values=rng.standard_normal((sum(lengths), 64)))
+    held = []
+    gains = inc.GreedyState.gains
+
+    def spy(self, idx):  # noqa: ANN001, ANN202
+        out = gains(self, idx)
+        assert self.cache_bytes == sum(k.nbytes for _, k in self.cache.values())
+        held.append(self.cache_bytes)
+        return out
+
+    monkeypatch.setattr(inc.GreedyState, "gains", spy)
+    want = get_selector("fishersft", ridge=1.0, weighting=weighting).select(f, budget=12)
+    cap = max(held) // 4
+    assert cap > 0
+    held.clear()
+    monkeypatch.setattr(inc, "MAX_CACHE_BYTES", cap)
+    got = get_selector("fishersft", ridge=1.0, weighting=weighting).select(f, budget=12)
+    assert max(held) <= cap
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.gains, want.gains, rtol=1e-9)
