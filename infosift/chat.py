@@ -14,6 +14,13 @@ prompt into the last user turn), the span is held to its own turn by the tokens'
 Truncation, the one rule: keep the first ``max_length`` tokens. Later turns are cut; an assistant turn that
 straddles the cut keeps its tokens up to it; a conversation cut before its first assistant token has no token
 to learn or score and is reported (``truncation_report``), never dropped without a count.
+
+Text is cut before it is tokenized, so a 50 MB response costs max_length tokens, not 50 MB of tokenization: each
+turn's content is first cut to ``char_bound(max_length)`` characters (CHARS_PER_TOKEN per token, with CUT_SLACK
+tokens to spare; natural text averages about 4 characters a token). The cut is kept only if the text before the
+first cut point still holds max_length + CUT_SLACK tokens, so the first max_length tokens are those of the whole
+text (a tokenizer looks only a few tokens around a cut); otherwise the bound grows fourfold and the encoding is
+tried again, at worst on the whole text. The ids and mask are the same as without the cut, for any text.
 """
 
 from __future__ import annotations
@@ -98,6 +105,27 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return _render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
+CHARS_PER_TOKEN = 32  # generous: natural text and code average about 4 characters a token
+CUT_SLACK = 64  # tokens past max_length a cut must leave, so that the tokens kept never see where it fell
+
+
+def char_bound(max_length: int) -> int:
+    """Characters of one turn's content read before tokenizing an encoding cut at ``max_length`` tokens."""
+    return CHARS_PER_TOKEN * (max_length + CUT_SLACK)
+
+
+def tokenize_head(tokenizer, text: str, n_tokens: int, **kwargs) -> dict:
+    """``tokenizer(text, add_special_tokens=False, **kwargs)`` on a head of ``text`` that still holds n_tokens +
+    CUT_SLACK tokens (the whole text when it is shorter): its first n_tokens are the whole text's."""
+    bound = char_bound(n_tokens)
+    while True:
+        head = text[:bound]
+        enc = tokenizer(head, add_special_tokens=False, **kwargs)
+        if len(head) == len(text) or len(enc["input_ids"]) >= n_tokens + CUT_SLACK:
+            return enc
+        bound *= 4
+
+
 def encode_messages(tokenizer, messages: list[dict], max_length: int | None = None, where: str = "") -> Encoded:
     """Encode a checked conversation (infosift.data.check_turns) under the chat template; see the module docstring.
 
@@ -107,6 +135,26 @@ def encode_messages(tokenizer, messages: list[dict], max_length: int | None = No
     if not getattr(tokenizer, "chat_template", None):
         raise ModelResolutionError("the tokenizer has no chat template; give the model one (a Jinja file)")
     where = where or "conversation"
+    bound = None if max_length is None else char_bound(max_length)
+    while bound is not None and any(len(m["content"]) > bound for m in messages):
+        long = [len(m["content"]) > bound for m in messages]
+        # a cut content ends without trailing whitespace: a template that trims contents must still render it whole
+        cut = [dict(m, content=m["content"][:bound].rstrip()) if c else m for m, c in zip(messages, long, strict=True)]
+        try:
+            enc, kept = _encode(tokenizer, cut, max_length, where, long)
+        except DataError:  # the cut itself may be what fails (a turn cut to whitespace): read more of it
+            enc, kept = None, 0
+        if enc is not None and kept >= max_length + CUT_SLACK:
+            return enc
+        bound *= 4
+    return _encode(tokenizer, messages, max_length, where)[0]
+
+
+def _encode(
+    tokenizer, messages: list[dict], max_length: int | None, where: str, cut: list[bool] | None = None
+) -> tuple[Encoded, int]:
+    """encode_messages on these contents; with ``cut`` (which turns were cut), also the number of tokens of the
+    rendering before the first cut point, the part of it that is the whole conversation's rendering too."""
 
     def render(turns: list[dict], add_generation_prompt: bool) -> str:
         try:
@@ -145,10 +193,13 @@ def encode_messages(tokenizer, messages: list[dict], max_length: int | None = No
             raise DataError(f"{where}: the chat template renders assistant turn {i + 1} as no token of the whole")
         mask[start:end] = [True] * (end - start)
         done = end
+    kept = 0
+    if cut is not None and any(cut):
+        kept = len(_tokens(tokenizer, text[: min(end for (_, end), c in zip(spans, cut, strict=True) if c)]))
     truncated = max_length is not None and len(full) > max_length
     if truncated:
         full, mask = full[:max_length], mask[:max_length]
-    return Encoded(full, mask, truncated)
+    return Encoded(full, mask, truncated), kept
 
 
 class _SpanGuard:

@@ -118,6 +118,23 @@ class TokenFeatures:
             p_sqnorm=None if self.p_sqnorm is None else np.asarray(self.p_sqnorm)[rows],
         )
 
+    def view(self, indices: np.ndarray | list[int]) -> TokenFeatures:
+        """subset() without the copy: the chosen sentences' token rows stay where they are (a memory-mapped file)
+        and are gathered only as a selector reads them, sentence by sentence or chunk by chunk. GreeDi's parts and
+        the quality filter select from views, so neither holds a second copy of the pool beside the mapped one."""
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]
+        rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.lengths[idx])]).astype(np.int64)
+        return TokenFeatures(
+            GatheredRows(self.values, rows),
+            offsets,
+            [self.ids[int(i)] for i in idx],
+            costs=None if self.costs is None else self.costs[idx],
+            p_next=None if self.p_next is None else np.asarray(self.p_next)[rows],  # one float a token row: small
+            p_sqnorm=None if self.p_sqnorm is None else np.asarray(self.p_sqnorm)[rows],
+        )
+
     def with_values(self, values: np.ndarray) -> TokenFeatures:
         """The same sentences, ids, costs and token stats over new token rows (e.g. reweighted)."""
         return TokenFeatures(values, self.offsets, self.ids, self.costs, self.p_next, self.p_sqnorm)
@@ -207,3 +224,31 @@ class TokenFeatures:
         values = np.concatenate(sentences) if sentences else np.zeros((0, d))
         offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])]).astype(np.int64)
         return cls(values, offsets, ids if ids is not None else [str(i) for i in range(len(sentences))])
+
+
+class GatheredRows:
+    """Rows ``rows`` of a (total_tokens, d) array, read only when sliced: the values of TokenFeatures.view().
+
+    A slice over rows that are consecutive in the base array is a slice of it (no copy of a memory-mapped file);
+    any other index gathers just the rows it names. np.asarray() of the whole gathers every row (save()).
+    """
+
+    ndim = 2
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray) -> None:
+        self.base, self.rows = base, np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), int(base.shape[1]))
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key):  # noqa: ANN001, ANN204 (numpy's indexing)
+        rows = self.rows[key]
+        if isinstance(key, slice) and len(rows) and np.all(np.diff(rows) == 1):
+            return self.base[int(rows[0]) : int(rows[-1]) + 1]
+        return self.base[rows]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ANN001
+        out = np.asarray(self.base[self.rows])
+        return out if dtype is None else out.astype(dtype)

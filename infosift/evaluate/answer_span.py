@@ -11,14 +11,15 @@ span counts as no match. The tokens: render the conversation under the chat temp
 chat.encode_pair does, tokenize it with character offsets, find the response in the rendered text, and
 mask every token whose characters overlap the answer's (a token straddling the span's edge is in).
 The ids are checked against encode_pair's, so the mask lines up with what the NLL scores; the mask is
-also cut to the response (never a prompt token) and to truncation (``max_length``).
+also cut to the response (never a prompt token) and to truncation (``max_length``); only the head of the text
+that truncation keeps is tokenized (chat.tokenize_head), so a huge response costs max_length tokens.
 """
 
 from __future__ import annotations
 
 import re
 
-from infosift.chat import Encoded, encode_pair
+from infosift.chat import Encoded, encode_pair, tokenize_head
 from infosift.errors import DataError
 
 
@@ -62,7 +63,7 @@ def answer_encoding(
     text = tokenizer.apply_chat_template(
         [user, {"role": "assistant", "content": response}], tokenize=False, add_generation_prompt=False
     )
-    tok = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    tok = tokenize_head(tokenizer, text, len(enc.input_ids), return_offsets_mapping=True)  # what the NLL scores
     if list(tok["input_ids"][: len(enc.input_ids)]) != list(enc.input_ids):
         raise DataError("answer span: the chat encoding is not the tokenized template text; cannot align the answer")
     prefix = next((i for i, (x, y) in enumerate(zip(head, text, strict=False)) if x != y), min(len(head), len(text)))

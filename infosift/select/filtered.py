@@ -5,7 +5,8 @@ RHO-LOSS, arXiv 2206.07137); filters that test whether a response fits its promp
 (IFD, arXiv 2308.12032; Superfiltering, arXiv 2402.00530, scores with a small model). ``Filtered`` wraps a
 selector: the ``drop`` share of the pool with the lowest quality score (higher is better, e.g. ``pmi`` or
 ``eos`` from infosift/quality.py) is removed, the selector runs on the kept examples, and its indices are
-mapped back to the whole pool. Dropped: the floor(drop * N) lowest scores, ties to the lower index.
+mapped back to the whole pool. Dropped: the floor(drop * N) lowest scores, ties to the lower index. The kept
+examples are a view of the pool (TokenFeatures.view), read as the selector needs them, never a second copy.
 
 Budgets hold on the kept pool: a token budget is filled from the kept examples, and a budget larger than
 what the filter keeps is a SelectionError, as it would be for a smaller pool.
@@ -68,7 +69,7 @@ class Filtered:
         keep = kept_indices(self.quality, self.drop)
         sub_scores = None if scores is None else np.asarray(scores)[keep]  # per-example query scores follow
         res = self.selector.select(
-            features.subset(keep), budget, seed=seed, targets=targets, scores=sub_scores, unit=unit
+            features.view(keep), budget, seed=seed, targets=targets, scores=sub_scores, unit=unit
         )
         info = {
             **res.info,

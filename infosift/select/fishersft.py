@@ -174,6 +174,9 @@ class Weighted(TokenFeatures):
     def mean_pooled(self, chunk_bytes: int = 1 << 28):  # noqa: ANN201
         raise TypeError("weighted features are read sentence by sentence; pool the unweighted ones")
 
+    def view(self, indices):  # noqa: ANN001, ANN201 (TokenFeatures' signature)
+        raise TypeError("weighted features are read sentence by sentence; view the unweighted ones, then weight")
+
 
 @register("fishersft")
 class FisherSFT:

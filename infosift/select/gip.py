@@ -21,8 +21,10 @@ the best gain (or gain / c_i) among the examples that still fit, and CELF (selec
 better of the two runs. An example budget is c_i = 1.
 
 Memory: the m×m Gram (8·m² bytes: 450 MB at m = 7473) is precomputed while it fits in
-``max_gram_bytes``; above that each step computes its one column F F_jᵀ in O(m·d) instead (the
-total O(n·m·d) is then still below the O(m²·d) precompute). The Cholesky rows take 8·m·n bytes.
+``max_gram_bytes`` (256 MiB by default: m <= 5792); above that each step computes its one column F F_jᵀ
+in O(m·d) instead (the total O(n·m·d) is then still below the O(m²·d) precompute), so a large pool costs
+its (m, d) embeddings, not m² (1.7 GB at the 14,563 sentences of a 2 GiB pool, bench/memory_bench.py).
+The Cholesky rows take 8·m·n bytes.
 
 Where Q comes from (``select(..., targets=...)`` or ``select(..., scores=...)``):
 - targets: Q = the targets' mean-pooled embeddings, one query per target/dev example.
@@ -42,6 +44,8 @@ from infosift.features import TokenFeatures
 from infosift.select import register
 from infosift.select.base import SelectionError, SelectionResult, budget_info, check_budget
 from infosift.select.celf import best_of_two
+
+MAX_GRAM_BYTES = 2**28  # the precomputed Gram's cap: past it, one column a step (same picks, see the docstring)
 
 
 def sentence_embeddings(features: TokenFeatures, normalize: bool = False) -> np.ndarray:
@@ -85,7 +89,7 @@ def greedy_projection(
     queries: np.ndarray,
     budget: int,
     ridge: float,
-    max_gram_bytes: float = 2**31,
+    max_gram_bytes: float = MAX_GRAM_BYTES,
     costs: np.ndarray | None = None,
     ratio: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -128,7 +132,7 @@ class GIPSelector:
 
     deterministic = True
 
-    def __init__(self, ridge: float = 1.0, normalize: bool = False, max_gram_bytes: float = 2**31):
+    def __init__(self, ridge: float = 1.0, normalize: bool = False, max_gram_bytes: float = MAX_GRAM_BYTES):
         if not ridge > 0:
             raise SelectionError(f"gip needs ridge > 0, got {ridge}")
         self.ridge, self.normalize, self.max_gram_bytes = float(ridge), bool(normalize), max_gram_bytes

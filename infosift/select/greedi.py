@@ -19,7 +19,8 @@ A token budget is filled within the union, not the pool: what is left is less th
 the union not chosen, and an example outside the union might still fit (at most one short example's worth).
 
 This module is engine-agnostic: ``greedi`` takes ``round1(parts, budget, seed, unit)``; ``local_round1``
-runs it here, infosift/scale/select.py runs it as Ray tasks that each read only their rows from disk.
+runs it here (each part a TokenFeatures.view: its rows are read from the pool as the greedy needs them, never
+copied whole), infosift/scale/select.py runs it as Ray tasks that each read only their rows from disk.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def local_round1(selector: Selector, features: TokenFeatures) -> Round1:
     """Round 1 in this process, one part after another."""
 
     def run(parts: list[np.ndarray], budget: int, seed: int, unit: str) -> list[SelectionResult]:
-        return [select_rows(selector, features.subset(rows), rows, budget, seed, unit) for rows in parts]
+        return [select_rows(selector, features.view(rows), rows, budget, seed, unit) for rows in parts]
 
     return run
 
@@ -141,7 +142,7 @@ def greedi(
     winner, won = results[best], "part"
     if k > 1:
         union = np.sort(np.concatenate([r.indices for r in results]))
-        joint = select_rows(selector, features.subset(union), union, budget, seed, unit)
+        joint = select_rows(selector, features.view(union), union, budget, seed, unit)
         info.update(union_size=len(union), objective_union=objective(joint), round2_cpu_s=joint.info["part"]["cpu_s"])
         if objective(joint) >= scores[best]:
             winner, won = joint, "union"

@@ -11,7 +11,10 @@ so a candidate whose K_i = X_i V_t^-1 X_i^T was computed at step t is brought to
 at M_i d k flops instead of the M_i d^2 of forming X_i V^-1 again. That pays only while k is below the
 full recompute's cost (k <= d on CUDA, d/2 on CPU, see below), so only the most recent factors within that
 many columns are kept, with the K_i computed since; a candidate last seen before them is recomputed in full.
-Memory is O(d^2 + the cached K_i), never d x d per sentence.
+Memory is O(d^2 + the cached K_i), never d x d per sentence. The cache holds at most ``max_cache_bytes``
+(256 MiB): where gains are flat the lazy greedy re-evaluates most of the pool each step, and an M x M K_i for
+each (131 KB at M = 128) would otherwise grow with the pool (1.9 GB at 14,563 sentences). A K_i that finds the
+cache full is not kept; its next evaluation recomputes it in full, the same gain up to round-off.
 
 A full recompute on CPU goes through C = chol(V^-1): K_i = (X_i C)(X_i C)^T, and X_i C with a triangular C
 (BLAS trmm) is half the flops of X_i V^-1 (measured here: 11.8 ms vs 19.6 ms for 16 x 64 x 576).
@@ -25,6 +28,20 @@ from scipy.linalg.blas import dtrmm
 
 from infosift.features import TokenFeatures
 from infosift.select.logdet import add_identity, inverse_spd, logdet_spd, namespace, padded, to_numpy
+
+MAX_CACHE_BYTES = 2**28  # the recent K_i kept for updates (see the module docstring)
+
+
+def nbytes(a) -> int:
+    """Bytes of a numpy array or a torch tensor."""
+    return int(a.nbytes) if isinstance(a, np.ndarray) else int(a.numel() * a.element_size())
+
+
+def owned(a):
+    """``a`` in memory of its own: a copy of a numpy view, a clone of a torch tensor."""
+    if isinstance(a, np.ndarray):
+        return a if a.base is None else a.copy()
+    return a.clone()
 
 
 def eye(d: int, device: str):
@@ -45,8 +62,17 @@ def woodbury_factor(vinv, x) -> tuple[object, float]:
 class GreedyState:
     """V, V^-1 and the cache of recent K_i for an exact greedy on log det(ridge*I + sum X_i^T X_i)."""
 
-    def __init__(self, features: TokenFeatures, ridge: float, device: str, refactor_every: int = 50) -> None:
+    def __init__(
+        self,
+        features: TokenFeatures,
+        ridge: float,
+        device: str,
+        refactor_every: int = 50,
+        max_cache_bytes: int | None = None,
+    ) -> None:
         self.features, self.ridge, self.device, self.refactor_every = features, ridge, device, refactor_every
+        self.max_cache_bytes = MAX_CACHE_BYTES if max_cache_bytes is None else max_cache_bytes
+        self.cache_bytes = 0
         self.lengths = features.lengths
         d = features.dim
         self.v = ridge * eye(d, device)
@@ -108,7 +134,13 @@ class GreedyState:
             ks[i] = k
             self.n_incremental += 1
         for i, k in ks.items():
-            self.cache[i] = (self.step, k)
+            size = nbytes(k)
+            if i in self.cache:
+                self.cache_bytes -= nbytes(self.cache[i][1])
+            elif self.cache_bytes + size > self.max_cache_bytes:
+                continue  # full: recomputed in full when it is next evaluated
+            self.cache[i] = (self.step, owned(k))  # not a view that would keep its whole padded batch alive
+            self.cache_bytes += size
         m = max(int(self.lengths[i]) for i in idx.tolist())
         batch = (
             np.zeros((len(idx), m, m))
@@ -142,6 +174,7 @@ class GreedyState:
             self.starts = [(s, c - first) for s, c in self.starts[drop:]]
         oldest = self._oldest()
         self.cache = {j: tk for j, tk in self.cache.items() if tk[0] >= oldest and j != i}
+        self.cache_bytes = sum(nbytes(k) for _, k in self.cache.values())
         return gain
 
     def logdet(self) -> float:
