@@ -187,7 +187,7 @@ def test_stage_on_ray_writes_the_local_bytes(cluster, tiny_model_dir, tmp_path, 
     assert "embed: pool: ray: computed 5 shards, reused 0" in out, out
     assert _files(tmp_path / "data" / "features" / "pool") == _files(ref)
     assert json.loads((ref / "meta.json").read_text())["projection"]["k"] == 8
-    assert sorted(p.name for p in (tmp_path / "data" / "features").iterdir()) == ["pool", "target"]
+    assert sorted(p.name for p in (tmp_path / "data" / "features").iterdir()) == ["pool", "quality.npz", "target"]
 
 
 @pytest.mark.server
