@@ -5,6 +5,7 @@ A page marks where a table goes and which file it comes from:
     <!-- table: results/evidence/contaminated/evidence.csv -->       each selector against random
     <!-- table: results/evidence/contaminated/evidence.csv controls -->  each selector against its control
     <!-- table: results/evidence/contaminated/sweep.csv -->            the learning-rate sweep
+    <!-- table: results/compare/table.csv -->                          the pipeline's models, one row each
     ...generated lines...
     <!-- /table -->
 
@@ -69,8 +70,24 @@ def sweep_table(csv: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def models_table(csv: Path) -> str:
+    """compare's table.csv: one row per model (base first, then by budget, random before the selector)."""
+    df = pd.read_csv(csv)
+    df = df.assign(_order=df["selector"].ne("random")).sort_values(["budget", "_order", "variant"], kind="stable")
+    lines = ["| variant | tokens trained | examples | nll_per_token | GSM8K strict |", "|---|---|---|---|---|"]
+    for r in df.to_dict("records"):
+        n = r.get("gsm8k_n")
+        gsm = "–" if n is None or pd.isna(n) else f"{round(r['gsm8k_exact_match_strict'] * n)}/{int(n)}"
+        name = r["variant"] if r["selector"] == "base" else r["variant"].rsplit("-s", 1)[0]
+        lines.append(f"| {name} | {_num(r['train_tokens'], '.0f')} | {_num(r['n_train'], '.0f')} | "
+                     f"{r['nll_per_token']:.4f} | {gsm} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def render(path: str, controls: bool) -> str:
     csv = ROOT / path
+    if csv.name == "table.csv":
+        return models_table(csv)
     return sweep_table(csv) if csv.name == "sweep.csv" else evidence_table(csv, controls)
 
 
