@@ -38,13 +38,18 @@ def test_chunked_pooling_equals_pooling_each_sentence(chunk_bytes):
     assert not got[[0, 3, 4, 8, 11]].any()
 
 
-def test_pooling_a_memory_mapped_pool_stays_within_the_result_plus_a_chunk(tmp_path):
-    rng = np.random.default_rng(1)
-    lengths = rng.integers(1, 40, size=2000).tolist()
-    d, chunk = 64, 1 << 20
+def mapped_pool(tmp_path, seed: int, n: int, d: int):
+    """(rng, lengths, features) of ``n`` random sentences whose float16 values are memory-mapped from disk."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 40, size=n).tolist()
     path = tmp_path / "values.npy"
     np.save(path, rng.standard_normal((sum(lengths), d)).astype(np.float16))
-    f = pool(lengths, d, values=np.load(path, mmap_mode="r"))
+    return rng, lengths, pool(lengths, d, values=np.load(path, mmap_mode="r"))
+
+
+def test_pooling_a_memory_mapped_pool_stays_within_the_result_plus_a_chunk(tmp_path):
+    rng, lengths, f = mapped_pool(tmp_path, seed=1, n=2000, d=64)
+    d, chunk = 64, 1 << 20
     whole_f32 = sum(lengths) * d * 4  # what the old pooling copied before it started
     result = len(lengths) * d * 4
     tracemalloc.start()
@@ -115,12 +120,8 @@ def test_a_view_reads_the_rows_a_subset_copies():
 
 
 def test_a_view_of_a_mapped_pool_costs_its_row_index_and_is_pooled_in_chunks(tmp_path):
-    rng = np.random.default_rng(4)
-    lengths = rng.integers(1, 40, size=3000).tolist()
+    rng, lengths, f = mapped_pool(tmp_path, seed=4, n=3000, d=64)
     d, chunk = 64, 1 << 16
-    path = tmp_path / "values.npy"
-    np.save(path, rng.standard_normal((sum(lengths), d)).astype(np.float16))
-    f = pool(lengths, d, values=np.load(path, mmap_mode="r"))
     keep = np.sort(rng.choice(len(lengths), size=2000, replace=False))
     tracemalloc.start()
     try:
