@@ -93,7 +93,9 @@ def main(argv: list[str]) -> None:
     pool = TokenFeatures.load("data/features/pool", mmap=True)  # its p_next gives log p(r|q) and eos for free
     stats = [pool.p_next[a:b] for a, b in zip(pool.offsets[:-1], pool.offsets[1:], strict=True)]
     reuse = stats if common["part"] == "response" and pool.p_next is not None else None
-    scores = quality_scores(model, tokenizer, inputs["pool"], quality_seed, common["batch_tokens"], reuse)
+    scores = quality_scores(
+        model, tokenizer, inputs["pool"], quality_seed, common["batch_tokens"], reuse, common["max_length"]
+    )
     save_quality("data/features/quality.npz", [str(r["id"]) for r in inputs["pool"]], scores)
     print(f"embed: quality: pmi median {np.median(scores['pmi']):.2f}, eos median {np.median(scores['eos']):.3f}")
 

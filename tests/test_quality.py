@@ -108,3 +108,50 @@ def test_embed_stage_writes_the_pools_quality_scores(tiny_model_dir, tmp_path):
     for k in ("pmi", "eos", "logp"):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-3)
     assert "embed: quality:" in proc.stdout
+
+
+def hand_tokens(model, enc) -> np.ndarray:
+    """log p of each response token of ``enc``, one unbatched forward pass."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([enc.input_ids])).logits[0].double(), dim=-1)
+    ts = [t for t in range(1, len(enc.input_ids)) if enc.response_mask[t]]
+    return np.array([logp[t - 1, enc.input_ids[t]].item() for t in ts])
+
+
+def test_a_huge_response_is_cut_before_tokenizing_and_scored_on_what_both_encodings_kept(tiny_model_dir, gsm_records):
+    """At embed's max_length a 2 MB response is tokenized as max_length tokens; pmi sums the response tokens both
+    its own and its partner's encoding kept, and eos is 0 (the turn's end lies past the cut)."""
+    model, tok = load_model_and_tokenizer(tiny_model_dir, device="cpu")
+    records = [dict(r) for r in gsm_records[:4]]
+    records[1]["response"] = "tom has 5 apples and 3 boxes . " * 70_000  # ~2 MB
+    records[2]["prompt"] = records[2]["prompt"] + " and then some more words" * 6  # a longer partner prompt
+    seen = {"chars": 0}
+    call = type(tok).__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen["chars"] = max(seen["chars"], len(text) if isinstance(text, str) else max(map(len, text)))
+        return call(self, text, *args, **kwargs)
+
+    L = 96
+    type(tok).__call__ = spy
+    try:
+        got = quality_scores(model, tok, records, seed=2, max_length=L)
+    finally:
+        type(tok).__call__ = call
+    assert seen["chars"] < 100_000, seen  # never the 2 MB
+    for i, r in enumerate(records):
+        own = encode_pair(tok, r["prompt"], r["response"], L)
+        other = encode_pair(tok, records[got["partner"][i]]["prompt"], r["response"], L)
+        a, b = hand_tokens(model, own), hand_tokens(model, other)
+        k = min(len(a), len(b))
+        assert got["logp"][i] == pytest.approx(a[:k].sum(), rel=1e-4, abs=1e-3)
+        assert got["pmi"][i] == pytest.approx(a[:k].sum() - b[:k].sum(), rel=1e-4, abs=1e-3)
+        if own.truncated:
+            assert got["eos"][i] == 0.0
+        else:
+            assert got["eos"][i] > 0.0
+    assert encode_pair(tok, records[1]["prompt"], records[1]["response"], L).truncated
+    short = quality_scores(model, tok, [records[0], records[3]], seed=2, max_length=L)
+    whole = quality_scores(model, tok, [records[0], records[3]], seed=2)
+    for key in ("pmi", "eos", "logp"):  # a conversation that fits is scored as if never cut
+        np.testing.assert_allclose(short[key], whole[key], rtol=1e-6)
