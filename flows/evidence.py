@@ -44,6 +44,7 @@ OUT = ROOT / "results" / "evidence"
 COPIED = ("evidence.md", "evidence.csv", "nll_vs_tokens.png", "table.md")
 SWEPT = ("sweep.json", "sweep.csv", "sweep.png")
 LR_KEY = "finetune.train.learning_rate"
+PASS_THROUGH = "finetune.train."  # any TrainingArguments name (checked by preflight), present in params.yaml or not
 
 
 def overrides(profile: dict, pool: str, name: str | None = None) -> dict:
@@ -72,11 +73,13 @@ def result_dir(pool: str, name: str | None = None) -> Path:
 
 
 def set_args(flat: dict) -> list[str]:
-    """`-S key=value` arguments; values in YAML flow style so lists and nulls survive."""
+    """`-S key=value` arguments; values in YAML flow style so lists and nulls survive. A trainer argument that
+    params.yaml does not list (finetune.train passes any through) is set with Hydra's `++` (add or override);
+    every other key must exist, so DVC refuses a typo."""
     args = []
     for key, value in flat.items():
         text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-        args += ["-S", f"{key}={text}"]
+        args += ["-S", f"{'++' if key.startswith(PASS_THROUGH) else ''}{key}={text}"]
     return args
 
 

@@ -8,6 +8,10 @@ would lift it, rather than measure noise. The count is the one transformers' Tra
     batches per epoch  = ceil(n_examples / (per_device_train_batch_size * processes))
     steps per epoch    = ceil(batches per epoch / gradient_accumulation_steps)
     steps              = max_steps if max_steps > 0 else ceil(num_train_epochs * steps per epoch)
+
+Fixed steps (``max_steps``) make every budget train for the same steps, so a learning rate swept at one budget
+has the same schedule at all of them; they must still reach every example once (``steps per epoch`` or more),
+or part of the budget is bought and never trained on.
 """
 
 from __future__ import annotations
@@ -34,12 +38,23 @@ def epochs_for(floor: int, n_examples: int, args: dict, processes: int = 1) -> i
 
 
 def check_step_floor(n_examples: int, args: dict, floor: int, processes: int = 1) -> int:
-    """The fine-tune's optimizer steps; an InfosiftError naming the epochs that would reach ``floor`` when below."""
+    """The fine-tune's optimizer steps; an InfosiftError naming the epochs that would reach ``floor`` when below,
+    or when fixed ``max_steps`` end before one epoch."""
     steps = optimizer_steps(n_examples, args, processes)
-    if steps < floor:
-        need = epochs_for(floor, n_examples, args, processes)
+    epoch = optimizer_steps(n_examples, {**args, "num_train_epochs": 1, "max_steps": -1}, processes)
+    if args.get("max_steps", -1) > 0 and steps < epoch:
         raise InfosiftError(
-            f"{n_examples} examples give {steps} optimizer steps, below finetune.step_floor {floor}: set "
-            f"finetune.train.num_train_epochs to {need} or more, a smaller batch, or a larger budget"
+            f"finetune.train.max_steps {steps} is less than one epoch of {n_examples} examples ({epoch} optimizer "
+            f"steps): part of the selection would never be trained on; set max_steps to {epoch} or more"
+        )
+    if steps < floor:
+        fix = (
+            f"finetune.train.max_steps to {floor} or more"
+            if args.get("max_steps", -1) > 0
+            else f"finetune.train.num_train_epochs to {epochs_for(floor, n_examples, args, processes)} or more, "
+            "a smaller batch, or a larger budget"
+        )
+        raise InfosiftError(
+            f"{n_examples} examples give {steps} optimizer steps, below finetune.step_floor {floor}: set {fix}"
         )
     return steps

@@ -21,12 +21,23 @@ def blocks() -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize(("where", "block"), blocks())
 def test_every_override_names_a_real_param(where, block):
-    """`dvc exp run -S` would fail an hour in on a key that params.yaml lacks: catch it here instead."""
+    """`dvc exp run -S` would fail an hour in on a key that params.yaml lacks: catch it here instead. A trainer
+    argument (finetune.train passes any through, set with `++`) must be one TrainingArguments knows."""
+    from transformers import TrainingArguments
+
     for key in block:
+        if key.startswith(evidence.PASS_THROUGH):
+            assert key.removeprefix(evidence.PASS_THROUGH) in TrainingArguments.__dataclass_fields__, key
+            continue
         node = PARAMS
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"{where}: {key} is not in params.yaml"
             node = node[part]
+
+
+def test_trainer_arguments_are_added_or_overridden_and_other_keys_must_exist():
+    args = evidence.set_args({"finetune.train.max_steps": 32, "select.budgets": [8, 16], "evaluate.n_test": None})
+    assert args == ["-S", "++finetune.train.max_steps=32", "-S", "select.budgets=[8, 16]", "-S", "evaluate.n_test=null"]
 
 
 def test_every_variant_the_profiles_run_is_defined():
@@ -78,8 +89,19 @@ def test_unknown_names_fail_before_any_run(argv, message, monkeypatch):
 def test_a_budget_below_the_step_floor_stops_the_evidence_before_any_run():
     from flows.preflight import problems
 
-    flat = {**evidence.overrides(PROFILE, "clean"), "select.budgets": [4, 8, 12]}
+    flat = {**evidence.overrides(PROFILE, "clean"), "select.budgets": [4, 8, 12], "finetune.train.max_steps": -1,
+            "finetune.train.num_train_epochs": 3}  # fmt: skip
     assert problems(["sweep", "compare"], flat) == (
         "params.yaml select.budgets: 4 examples give 12 optimizer steps, below finetune.step_floor 24: set "
         "finetune.train.num_train_epochs to 6 or more, a smaller batch, or a larger budget"
+    )
+    fixed = {**evidence.overrides(PROFILE, "clean"), "finetune.train.max_steps": 20}
+    assert problems(["compare"], fixed) == (
+        "params.yaml select.budgets: 8 examples give 20 optimizer steps, below finetune.step_floor 24: set "
+        "finetune.train.max_steps to 24 or more"
+    )
+    short = {**evidence.overrides(PROFILE, "clean"), "finetune.train.max_steps": 24, "select.budgets": [8, 30]}
+    assert problems(["compare"], short) == (
+        "params.yaml select.budgets: finetune.train.max_steps 24 is less than one epoch of 30 examples (30 optimizer "
+        "steps): part of the selection would never be trained on; set max_steps to 30 or more"
     )
