@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import record_to  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -171,7 +172,9 @@ def main() -> None:
     parser.add_argument("--limit", type=float, default=1.5, help="most added RSS allowed, x plain FisherSFT's")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds each selector may run")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help="also write the report to this file (results/bench/)")
     args = parser.parse_args()
+    record_to(None if args.child else args.out)  # a child's output is its parent's to report
     if args.child:
         child(args.child, args.dir, args.budget)
         return

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import record_to  # bench/ is on sys.path when run as a script
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -418,7 +419,9 @@ def main() -> None:
     ap.add_argument("--big", type=int, help="6.: a memory-mapped float16 pool of this many examples, GreeDi on Ray")
     ap.add_argument("--big-shape", type=int, nargs=2, default=[32, 128], metavar=("T", "D"))
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "infosift-bench", help="6.: pool dir")
+    ap.add_argument("--out", type=Path, help="also write the report to this file (results/bench/)")
     args = ap.parse_args()
+    record_to(None if args.one else args.out)  # a child's output is its parent's to report
     if args.big:
         big_pool(args.big, *args.big_shape, args.partitions or [1, 2, 4], args.budget, args.dir, args.cpus)
         return

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import record_to  # bench/ is on sys.path when run as a script
 
 from infosift.chat import encode_record
 from infosift.data import read_records
@@ -142,7 +143,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--trainer-vs-loop", action="store_true", help="time loop, Trainer, Trainer + checkpointing")
     ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help="also write the report to this file (results/bench/)")
     args = ap.parse_args()
+    record_to(None if args.worker else args.out)  # a child's output is its parent's to report
     if args.worker:
         import json
 

@@ -6,6 +6,7 @@ A page marks where a table goes and which file it comes from:
     <!-- table: results/evidence/contaminated/evidence.csv controls -->  each selector against its control
     <!-- table: results/evidence/contaminated/sweep.csv -->            the learning-rate sweep
     <!-- table: results/compare/table.csv -->                          the pipeline's models, one row each
+    <!-- table: results/bench/select-cpu.txt -->                       a bench's report (bench/ --out), as printed
     ...generated lines...
     <!-- /table -->
 
@@ -84,8 +85,15 @@ def models_table(csv: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_block(txt: Path) -> str:
+    """A bench's report file (its command, then what it printed) as one code block."""
+    return "```\n" + txt.read_text().rstrip("\n") + "\n```\n"
+
+
 def render(path: str, controls: bool) -> str:
     csv = ROOT / path
+    if csv.suffix == ".txt":
+        return report_block(csv)
     if csv.name == "table.csv":
         return models_table(csv)
     return sweep_table(csv) if csv.name == "sweep.csv" else evidence_table(csv, controls)
