@@ -106,16 +106,23 @@ def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
         flat = {**flat, LR_KEY: chosen}
     exp_run("compare", dest, flat, f"the {pool} pool's experiment")
     seconds = time.perf_counter() - t0
-    copied = [("compare", f) for f in COPIED] + [("sweep", f) for f in SWEPT if sweep]
-    with atomic_output(dest) as tmp:  # the whole directory replaced: no file of an older run left beside new ones
+    collect(dest, sweep, seconds, {"pool": pool, "profile": name},
+            ["dvc", "exp", "run", "compare", *set_args(flat)])  # fmt: skip
+    return seconds
+
+
+def collect(dest: Path, swept: bool, seconds: float, run: dict, command: list[str], root: Path = ROOT) -> None:
+    """Copy the evidence (and, when ``swept``, the sweep) of a finished run from ``root``'s results into ``dest``,
+    with run.json (``run`` plus the wall time and the command): the whole directory replaced, so no file of an
+    older run is left beside the new ones."""
+    copied = [("compare", f) for f in COPIED] + [("sweep", f) for f in SWEPT if swept]
+    with atomic_output(dest) as tmp:
         tmp.mkdir()
         for folder, f in copied:
-            if (ROOT / "results" / folder / f).exists():
-                shutil.copy(ROOT / "results" / folder / f, tmp / f)
-        run = {"pool": pool, "profile": name, "wall_seconds": round(seconds, 1),
-               "command": ["dvc", "exp", "run", "compare", *set_args(flat)]}  # fmt: skip
-        (tmp / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-    return seconds
+            if (root / "results" / folder / f).exists():
+                shutil.copy(root / "results" / folder / f, tmp / f)
+        record = {**run, "wall_seconds": round(seconds, 1), "command": command}
+        (tmp / "run.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def run_retrying(cmd: list[str], what: str, policy: supervise.Policy) -> None:

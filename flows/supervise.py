@@ -89,6 +89,11 @@ def classify(code: int, output: list[str]) -> Failure:
         if code < 0:  # dvc itself was killed (its own errors exit 255, not a signal)
             return Failure(code, True, f"dvc was killed by {_signal_name(code)}")
         return Failure(code, False, f"dvc failed (exit {code}) before or outside a stage's command")
+    return classify_stage(stage_code)
+
+
+def classify_stage(stage_code: int) -> Failure:
+    """What a stage command's own exit code says (run by DVC, or directly as flows/plan.py runs it)."""
     if stage_code == EXIT_BAD_INPUT:
         return Failure(
             stage_code, False, "the stage's own error (bad params, data or files): it fails the same way again"
