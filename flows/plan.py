@@ -51,7 +51,7 @@ def resolve(target: str, params: dict, dvc_yaml: Path) -> list[dict]:
     resolves dvc.yaml under ``params`` (in a scratch copy: the workspace's params.yaml is not touched); ``after``:
     the stages whose outputs it reads."""
     import contextlib
-    import io
+    import logging
 
     import networkx as nx
     from dvc.repo import Repo
@@ -59,9 +59,12 @@ def resolve(target: str, params: dict, dvc_yaml: Path) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # DVC resolves targets from the cwd
         shutil.copy(dvc_yaml, "dvc.yaml")
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        quiet = io.StringIO()
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # "Initialized DVC repository."
+        init_log = logging.getLogger("dvc.repo.init")  # "Initialized DVC repository." is not this run's news
+        level, init_log.level = init_log.level, logging.WARNING
+        try:
             Repo.init(".", no_scm=True)
+        finally:
+            init_log.setLevel(level)
         with Repo(".") as repo:
             graph = repo.index.graph.subgraph(repo.stage.collect(target, with_deps=True))  # edge: stage -> its dep
             order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.addressing)
