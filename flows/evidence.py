@@ -111,10 +111,11 @@ def run_pool(profile: dict, pool: str, name: str | None = None) -> float:
     return seconds
 
 
-def collect(dest: Path, swept: bool, seconds: float, run: dict, command: list[str], root: Path = ROOT) -> None:
+def collect(dest: Path, swept: bool, seconds: float, run: dict, command: list[str], root: Path | None = None) -> None:
     """Copy the evidence (and, when ``swept``, the sweep) of a finished run from ``root``'s results into ``dest``,
     with run.json (``run`` plus the wall time and the command): the whole directory replaced, so no file of an
     older run is left beside the new ones."""
+    root = root or ROOT  # read at the call (tests point ROOT at a scratch workspace)
     copied = [("compare", f) for f in COPIED] + [("sweep", f) for f in SWEPT if swept]
     with atomic_output(dest) as tmp:
         tmp.mkdir()

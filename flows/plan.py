@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,12 @@ from stages._common import with_overrides
 
 ROOT = evidence.ROOT
 SWEEP_CHOICE = ("results/sweep/sweep.json", "chosen_learning_rate")
+_PRINT = threading.Lock()  # stages run in threads: one line at a time, never two run together
+
+
+def say(line: str) -> None:
+    with _PRINT:
+        print(line, flush=True)
 
 
 def resolve(target: str, params: dict, dvc_yaml: Path) -> list[dict]:
@@ -102,8 +109,8 @@ def write_params(params: dict, root: Path) -> None:
 
 def run_stage(stage: dict, root: Path, prefix: str) -> int:
     """One stage's command in a process group of its own, its lines printed (after ``prefix``); its exit code."""
-    print(f"plan: {stage['name']}: $ {stage['cmd']}", flush=True)
-    code, _ = supervise.stream(command(stage["cmd"]), root, dict(os.environ), lambda s: print(prefix + s, flush=True))
+    say(f"plan: {stage['name']}: $ {stage['cmd']}")
+    code, _ = supervise.stream(command(stage["cmd"]), root, dict(os.environ), lambda s: say(prefix + s))
     return code
 
 
@@ -117,7 +124,7 @@ def run_phase(stages: list[dict], marks: Path, root: Path, jobs: int) -> None:
 
     finished = {s["name"] for s in stages if mark(s).exists()}
     for name in sorted(finished):
-        print(f"plan: {name}: done before", flush=True)
+        say(f"plan: {name}: done before")
     todo, running, failed = [s for s in stages if s["name"] not in finished], {}, []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         try:

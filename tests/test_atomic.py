@@ -144,7 +144,7 @@ def test_the_evidence_flow_sweeps_first_then_freezes_the_chosen_rate_for_every_s
     (tmp_path / "results" / "sweep" / "sweep.json").write_text('{"chosen_learning_rate": 0.0003}')
     evidence.run_pool({"overrides": {"select.seeds": [0, 1]}, "pools": {"clean": {}}}, "clean")
     assert [cmd[3] for cmd in ran] == ["sweep", "compare"]
-    assert "finetune.train.learning_rate=0.0003" in ran[1] and not any("learning_rate" in a for a in ran[0])
+    assert "++finetune.train.learning_rate=0.0003" in ran[1] and not any("learning_rate" in a for a in ran[0])
     ran.clear()  # a rate given by the profile was chosen elsewhere: no sweep
     evidence.run_pool({"pools": {"clean": {"finetune.train.learning_rate": 1e-4}}}, "clean")
     assert [cmd[3] for cmd in ran] == ["compare"]
