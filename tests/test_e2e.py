@@ -109,6 +109,16 @@ MT_JUDGE_PROMPTS = [
 ]
 
 
+
+def write_mirror(mirror: Path, n_train: int, n_test: int) -> Path:
+    """A download mirror folder: generated GSM8K train/test and the three MT-Bench files; ``mirror`` back."""
+    write_jsonl(mirror / "gsm8k" / "train.jsonl", gsm_rows(n_train, seed=0))
+    write_jsonl(mirror / "gsm8k" / "test.jsonl", gsm_rows(n_test, seed=99))
+    write_jsonl(mirror / "mt_bench" / "question.jsonl", MT_QUESTIONS)
+    write_jsonl(mirror / "mt_bench" / "reference_answer_gpt-4.jsonl", MT_REFERENCES)
+    write_jsonl(mirror / "mt_bench" / "judge_prompts.jsonl", MT_JUDGE_PROMPTS)
+    return mirror
+
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -128,12 +138,7 @@ def repo(tmp_path_factory):
             if src.is_dir()
             else shutil.copy(src, repo / item)
         )
-    mirror = tmp / "mirror"
-    write_jsonl(mirror / "gsm8k" / "train.jsonl", gsm_rows(60, seed=0))
-    write_jsonl(mirror / "gsm8k" / "test.jsonl", gsm_rows(12, seed=99))
-    write_jsonl(mirror / "mt_bench" / "question.jsonl", MT_QUESTIONS)
-    write_jsonl(mirror / "mt_bench" / "reference_answer_gpt-4.jsonl", MT_REFERENCES)
-    write_jsonl(mirror / "mt_bench" / "judge_prompts.jsonl", MT_JUDGE_PROMPTS)
+    mirror = write_mirror(tmp / "mirror", n_train=60, n_test=12)
     params = json.loads(json.dumps(TINY_PARAMS))
     params["model"]["base_model"] = str(save_tiny_model(tmp / "tiny-model"))
     params["download"]["mirror_dir"] = str(mirror)

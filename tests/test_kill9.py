@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_e2e import MT_JUDGE_PROMPTS, MT_QUESTIONS, MT_REFERENCES
-from tests.tiny import gsm_rows, save_tiny_model, write_jsonl
+from tests.test_e2e import write_mirror
+from tests.tiny import save_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -103,12 +103,7 @@ def leftovers(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def workspaces(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kill9")
-    mirror = tmp / "mirror"
-    write_jsonl(mirror / "gsm8k" / "train.jsonl", gsm_rows(40, seed=0))
-    write_jsonl(mirror / "gsm8k" / "test.jsonl", gsm_rows(8, seed=99))
-    write_jsonl(mirror / "mt_bench" / "question.jsonl", MT_QUESTIONS)
-    write_jsonl(mirror / "mt_bench" / "reference_answer_gpt-4.jsonl", MT_REFERENCES)
-    write_jsonl(mirror / "mt_bench" / "judge_prompts.jsonl", MT_JUDGE_PROMPTS)
+    mirror = write_mirror(tmp / "mirror", n_train=40, n_test=8)
     model = save_tiny_model(tmp / "tiny-model")
     clean, killed = tmp / "clean", tmp / "killed"
     for ws in (clean, killed):

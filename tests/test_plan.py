@@ -118,17 +118,11 @@ def test_a_tiny_evidence_plan_runs_the_real_stages_without_dvc_and_writes_the_ev
     the sweep's rate frozen for both."""
     import shutil
 
+    from tests.test_e2e import write_mirror
     from tests.test_kill9 import params as tiny_params
-    from tests.tiny import gsm_rows, save_tiny_model, write_jsonl
+    from tests.tiny import save_tiny_model
 
-    mirror = tmp_path / "mirror"
-    write_jsonl(mirror / "gsm8k" / "train.jsonl", gsm_rows(60, seed=0))
-    write_jsonl(mirror / "gsm8k" / "test.jsonl", gsm_rows(8, seed=99))
-    from tests.test_e2e import MT_JUDGE_PROMPTS, MT_QUESTIONS, MT_REFERENCES
-
-    write_jsonl(mirror / "mt_bench" / "question.jsonl", MT_QUESTIONS)
-    write_jsonl(mirror / "mt_bench" / "reference_answer_gpt-4.jsonl", MT_REFERENCES)
-    write_jsonl(mirror / "mt_bench" / "judge_prompts.jsonl", MT_JUDGE_PROMPTS)
+    mirror = write_mirror(tmp_path / "mirror", n_train=60, n_test=8)
     ws = tmp_path / "ws"
     ws.mkdir()
     shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
