@@ -67,6 +67,18 @@ def overrides(profile: dict, pool: str, name: str | None = None) -> dict:
     return flat
 
 
+def check_keys_exist(flat: dict, params_yaml: Path | None = None) -> None:
+    """Every override but a trainer argument names a key params.yaml has: `dvc exp run -S` sets only existing keys,
+    and its refusal would not say which file or key. A typo stops the run here, as one line."""
+    tree = yaml.safe_load((params_yaml or ROOT / "params.yaml").read_text()) or {}
+    for key in (k for k in flat if not k.startswith(PASS_THROUGH)):
+        node = tree
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise SystemExit(f"error: {PROFILE.name}: {key} is not a param of params.yaml (a typo, or a new key)")
+            node = node[part]
+
+
 def result_dir(pool: str, name: str | None = None) -> Path:
     """Where one pool's evidence is kept: results/evidence/<pool>, or <pool>-<profile> under a profile."""
     return OUT / (pool if name is None else f"{pool}-{name}")
@@ -150,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help=f"a block under `profiles` in {PROFILE.name} (gpu, steps)")
     args = parser.parse_args(argv)
     profile = yaml.safe_load(PROFILE.read_text())
-    for pool in args.pools:
-        check_config_or_exit(
-            ["sweep", "compare"], overrides(profile, pool, args.profile)
-        )  # names, params, inputs: first
+    for pool in args.pools:  # names, params, inputs: first
+        flat = overrides(profile, pool, args.profile)
+        check_keys_exist(flat)
+        check_config_or_exit(["sweep", "compare"], flat)
     try:
         policy = supervise.policy(ROOT)
     except StageError as e:

@@ -132,16 +132,23 @@ def always_changed(dvc_yaml: Path | None = None) -> set[str]:
     return {name for name, spec in stages.items() if isinstance(spec, dict) and spec.get("always_changed")}
 
 
-def up_to_date(stages: list[str]) -> bool:
-    """One `dvc status` over all targets, instead of a process per stage. An always-changed stage is listed by
-    every status, so it does not count: pipeline() runs those first, and what they wrote is what status compares."""
-    proc = subprocess.run(["dvc", "status", "--json", *stages], cwd=ROOT, capture_output=True, text=True)
+def changed(stages: list[str]) -> dict | None:
+    """One `dvc status --with-deps` over all targets (instead of a process per stage): what is out of date among
+    ``stages`` and every stage they read from, as DVC lists it; None when DVC could not say. An always-changed
+    (fetch) stage is listed whenever the targets reach it: that is how the flow knows which sources to look at."""
+    proc = subprocess.run(["dvc", "status", "--json", "--with-deps", *stages], cwd=ROOT, capture_output=True, text=True)
     try:
-        changed = json.loads(proc.stdout or "{}")
+        found = json.loads(proc.stdout.strip() or "{}")
     except ValueError:
-        return False
+        return None
+    return found if proc.returncode == 0 and isinstance(found, dict) else None
+
+
+def stale(found: dict | None) -> list[str] | None:
+    """What ``changed`` found that a run must redo, the always-changed fetch items aside (pipeline() runs those
+    first, and what they wrote is what status compares); None when DVC could not say."""
     skip = always_changed()
-    return proc.returncode == 0 and not [k for k in changed if k.split("@")[0] not in skip]
+    return None if found is None else [k for k in found if k.split("@")[0] not in skip]
 
 
 def _cell(text: str) -> object:
@@ -212,11 +219,17 @@ def pipeline(
         cluster_env()  # a SQLite store refused before any stage runs
 
         check_address(ray_address)  # before any stage runs, not hours later at the first fan-out
-    fetch = [] if force else [s for s in stages if s in always_changed()]
-    for stage in fetch:  # the sources outside the repository, looked at first: status then sees their stamps
-        repro(stage)
-    stages = [s for s in stages if s not in fetch]
-    if not force and up_to_date(stages):
+    if not force:
+        # the fetch items this run reaches (its sources outside the repository) are looked at first, so that
+        # status sees their stamps: a dataset file edited in place is found even when only compare is asked for
+        found = changed(stages)
+        fetches = sorted(set(found or {}) - set(stale(found) or []))
+        for item in fetches:
+            repro(item)
+        if fetches:
+            found = changed(stages)
+        stages = [s for s in stages if s not in always_changed()]
+    if not force and stale(found) == []:
         print(f"dvc: {', '.join(stages)} up to date; nothing to run")
     elif ray_address:
         from flows.parallel import PARALLEL_STAGES, fan_out

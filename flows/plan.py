@@ -85,6 +85,7 @@ def export(pool: str, profile_name: str | None, extra: dict, root: Path = ROOT) 
     """The plan of one pool's evidence run: params, then the sweep phase (unless the rate is set) and compare's."""
     profile = yaml.safe_load((root / evidence.PROFILE.name).read_text())
     flat = {**evidence.overrides(profile, pool, profile_name), **extra}
+    evidence.check_keys_exist(flat, root / "params.yaml")
     params = with_overrides(yaml.safe_load((root / "params.yaml").read_text()), flat)
     phases = []
     if evidence.LR_KEY not in flat:

@@ -69,12 +69,38 @@ def check_model() -> None:
         raise _stage_error(f"params.yaml model.base_model: {e}") from None
 
 
+SAMPLE_ROWS = 200  # rows of the dataset read before a run: enough to catch a wrong field or answer pattern
+
+
 def check_dataset() -> None:
-    from stages.download import checked_params, contamination_option, dataset_source
+    """download's params, the dataset's files found (or fetchable), and the first rows of the split evaluate
+    scores read as download reads them: a field the file lacks fails here, not at the download stage."""
+    from stages.download import checked_params, contamination_option
 
     p = checked_params()
     contamination_option(p.get("contaminate"), p["seed"])
-    dataset_source(p, download=False)
+    dataset_sample()
+
+
+def dataset_sample() -> list[dict]:
+    """The first SAMPLE_ROWS records of the test split (train when the test split is carved from it), normalised
+    with download.fields; [] when the files come from the hub later (nothing is downloaded here)."""
+    from itertools import islice
+
+    from infosift.data import dataset_spec, normalize_row, read_rows
+    from stages.download import checked_params, dataset_source
+
+    p = checked_params()
+    source = dataset_source(p, download=False)
+    path = list(source.splits.values())[-1]  # train first, then test when there is one
+    if not path.is_file():
+        return []
+    fields = p.get("fields") or {}
+    spec = dataset_spec(source.name, fields.get("prompt"), fields.get("response"))
+    try:
+        return [normalize_row(row, spec, path, n) for n, row in islice(read_rows(path), SAMPLE_ROWS)]
+    except InfosiftError as e:
+        raise _stage_error(f"params.yaml download.dataset={p['dataset']!r}, download.fields={fields!r}: {e}") from None
 
 
 def check_mt_bench(reader: str) -> None:
@@ -154,9 +180,24 @@ def check_sweep() -> None:
 def check_evaluate() -> None:
     from stages.evaluate import checked_params
 
-    checked_params()
+    p = checked_params()
+    check_answer_pattern(p.get("answer_pattern"))
     check_mt_bench("evaluate")
     check_model()
+
+
+def check_answer_pattern(pattern: str | None) -> None:
+    """evaluate.answer_pattern finds an answer in the dataset's responses (a GSM8K pattern on a new dataset would
+    otherwise fail evaluate after every fine-tune); judged on the first rows, when the files are here."""
+    from infosift.evaluate.answer_span import answer_char_span, compile_pattern
+
+    sample = dataset_sample() if pattern else []
+    compiled = compile_pattern(pattern) if sample else None
+    if sample and not any(answer_char_span(r["response"], compiled) for r in sample):
+        raise _stage_error(
+            f"params.yaml evaluate.answer_pattern={pattern!r}: no match in the first {len(sample)} responses of "
+            f"the dataset (first: {sample[0]['response'][:60]!r}); set it to this dataset's answer form, or null"
+        )
 
 
 def check_sketch() -> None:

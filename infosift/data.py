@@ -712,13 +712,13 @@ def _judge_templates(path: Path) -> dict[str, str]:
     return found
 
 
-def load_mt_bench(mirror_dir: str | Path) -> list[dict]:
+def load_mt_bench(folder: str | Path) -> list[dict]:
     """MT-Bench first turns that have a GPT-4 reference answer, as records (a small second domain).
 
     Used where a corpus of (prompt, response) pairs from outside GSM8K is wanted, e.g. as a
-    candidate source pool for FisherSketch; the judged evaluation reads the same files (mt_bench_files).
+    candidate source pool for FisherSketch; ``folder`` holds the three files (mt_bench_folder_files).
     """
-    files = mt_bench_files(mirror_dir)
+    files = mt_bench_folder_files(folder)
     bench = read_mt_bench(files, templates=False)
     spec = DatasetSpec("mt_bench")
     by_id = {q["question_id"]: q for q in bench.questions}

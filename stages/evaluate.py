@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infosift.data import MTBenchFiles, mt_bench_files, read_examples, read_mt_bench
+from infosift.data import MTBenchFiles, mt_bench_folder_files, read_examples, read_mt_bench
 from infosift.errors import DataError, JudgeError, ModelResolutionError
 from infosift.evaluate import JUDGES, gsm8k_lm_eval, heldout_nll, mt_bench_judged
 from infosift.evaluate.answer_span import compile_pattern
@@ -25,7 +25,8 @@ from infosift.names import check_name
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
 from stages.model import base_model_dir, model_params, trust_remote_code
 
-# dir: where fetch_mt_bench copies MT-Bench from (stages/fetch.py); this stage reads the copy in data/mt_bench
+# dir: where fetch_mt_bench copies MT-Bench from (stages/fetch.py); this stage reads the copy in MT_BENCH
+MT_BENCH = Path("data/mt_bench/evaluate")  # fetch_mt_bench@evaluate's copy
 MT_BENCH_KEYS = {
     "limit",
     "dir",
@@ -172,10 +173,10 @@ def check_mt_bench(mt: dict) -> None:
 
 
 def mt_bench_files_of_params() -> MTBenchFiles:
-    """MT-Bench's files as the fetch_mt_bench stage copied them to data/mt_bench; missing ones are an error naming
+    """MT-Bench's files as the fetch_mt_bench stage copied them for this stage; missing ones are an error naming
     evaluate.mt_bench (its dir, when the fetch could not bring them)."""
     try:
-        return mt_bench_files("data")
+        return mt_bench_folder_files(MT_BENCH)
     except DataError as e:
         raise StageError(f"evaluate.mt_bench: {e}") from None
 

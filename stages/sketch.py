@@ -20,16 +20,17 @@ from stages._common import StageError, atomic_output, check_keys, check_param, p
 from stages.model import base_model_dir
 
 OUT = Path("results/sketch")
+MT_BENCH = Path("data/mt_bench/sketch")  # fetch_mt_bench@sketch's copy
 
 
 M_MAX = 1 << 20  # sketch width: 2^20 features is 4 MB per signature and far past where alignment estimates settle
 
 
 def _records(path: str, max_records: int | None, seed: int) -> list[dict]:
-    """A normalized JSONL file, or `mt_bench` (data/mt_bench: fetch_mt_bench's copy of evaluate.mt_bench.dir)."""
+    """A normalized JSONL file, or `mt_bench` (data/mt_bench/sketch: fetch_mt_bench's copy of evaluate.mt_bench.dir)."""
     if path == "mt_bench":
         try:
-            return subsample(load_mt_bench("data"), max_records, seed)
+            return subsample(load_mt_bench(MT_BENCH), max_records, seed)
         except DataError as e:
             raise StageError(f"sketch.sources mt_bench: {e}") from None
     if not Path(path).exists():

@@ -256,3 +256,16 @@ def test_the_outside_check_fails_on_a_mirror_dep(tmp_path):
         "evaluate": ["${download.mirror_dir}/mt_bench"],
         "sketch": ["../shared/data/mt_bench"],
     }
+
+
+def test_each_mt_bench_reader_depends_on_its_own_copy():
+    """fetch_mt_bench has one item per reader, and each reader depends on its copy alone: `dvc repro compare`
+    reaches evaluate's fetch only, and evaluate with the suite off never reruns for sketch's MT-Bench."""
+    from stages.fetch import READERS
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["fetch_mt_bench"]["matrix"]["reader"] == list(READERS)
+    reads = {"evaluate_base": "evaluate", "evaluate": "evaluate", "sketch": "sketch"}
+    for name, spec in stages.items():
+        copies = [d for d in map(str, spec.get("deps", [])) if d.startswith("data/mt_bench")]
+        assert copies == ([f"data/mt_bench/{reads[name]}"] if name in reads else []), name

@@ -243,7 +243,8 @@ def test_mlflow_has_parent_and_nested_variant_runs(repo):
     assert {n.rsplit("-", 1)[-1] for n in names} >= {"pool", "test"} and any(n.endswith("-s1") for n in names)
 
 
-FETCH = {"fetch", "fetch_mt_bench"}  # always run: they hash the sources outside the repository, and change nothing
+# always run: they hash the sources outside the repository, and change nothing
+FETCH = {"fetch", "fetch_mt_bench@evaluate", "fetch_mt_bench@sketch"}
 
 
 def test_second_repro_runs_nothing(repo):

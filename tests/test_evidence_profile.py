@@ -35,6 +35,15 @@ def test_every_override_names_a_real_param(where, block):
             node = node[part]
 
 
+def test_an_override_params_yaml_lacks_is_one_line_naming_it(tmp_path):
+    """`dvc exp run -S` would refuse it without naming the file or key; a trainer argument may be new."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"download": {"test_split": "test"}}))
+    evidence.check_keys_exist({"download.test_split": None, "finetune.train.max_steps": 8}, tmp_path / "params.yaml")
+    for typo in ("download.test_splt", "download.test_split.x", "dowload.test_split"):
+        with pytest.raises(SystemExit, match=rf"error: params.evidence.yaml: {typo} is not a param of params.yaml"):
+            evidence.check_keys_exist({typo: 1}, tmp_path / "params.yaml")
+
+
 def test_trainer_arguments_are_added_or_overridden_and_other_keys_must_exist():
     args = evidence.set_args({"finetune.train.max_steps": 32, "select.budgets": [8, 16], "evaluate.n_test": None})
     assert args == ["-S", "++finetune.train.max_steps=32", "-S", "select.budgets=[8, 16]", "-S", "evaluate.n_test=null"]

@@ -44,7 +44,7 @@ def fake_dvc(tmp_path, monkeypatch, prefect_api):
     script.write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> {log}\n'
-        'if [ "$1" = "status" ]; then exit "${FAKE_DVC_STATUS:-1}"; fi\n'
+        'if [ "$1" = "status" ]; then echo "${FAKE_DVC_STATUS_JSON:-}"; exit "${FAKE_DVC_STATUS:-1}"; fi\n'
         "echo \"Running stage '$2'\"\n"
         'if [ "$2" = "$FAKE_DVC_FAIL" ] && [ -n "$FAKE_DVC_EXIT" ]; then\n'
         "  echo \"ERROR: failed to reproduce '$2': failed to run: python -m stages.$2, exited with $FAKE_DVC_EXIT\"\n"
@@ -64,13 +64,29 @@ def fake_dvc(tmp_path, monkeypatch, prefect_api):
 def test_flow_runs_each_stage_in_order(fake_dvc):
     assert fp.main(["--stages", "download", "select", "compare"]) == 0
     calls = fake_dvc.read_text().splitlines()
-    assert calls == ["status --json download select compare", "repro download", "repro select", "repro compare"]
+    assert calls == ["status --json --with-deps download select compare", "repro download", "repro select",
+                     "repro compare"]  # fmt: skip
 
 
 def test_up_to_date_workspace_costs_one_status_check(fake_dvc, monkeypatch):
     monkeypatch.setenv("FAKE_DVC_STATUS", "0")
     assert fp.main(["--stages", "download", "select", "compare"]) == 0
-    assert fake_dvc.read_text().splitlines() == ["status --json download select compare"]
+    assert fake_dvc.read_text().splitlines() == ["status --json --with-deps download select compare"]
+
+
+def test_the_sources_a_run_reaches_are_looked_at_first(fake_dvc, monkeypatch, tmp_path):
+    """Only compare asked for: the fetch items DVC lists upstream of it run first (a dataset edited in place is
+    seen), then one more status decides; sketch's fetch, not reached, is not run."""
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "fetch": {"cmd": "x", "always_changed": True}, "fetch_mt_bench": {"cmd": "x", "always_changed": True},
+        "compare": {"cmd": "x"}}}))  # fmt: skip
+    monkeypatch.setenv("FAKE_DVC_STATUS", "0")
+    listed = {"fetch": ["always changed"], "fetch_mt_bench@evaluate": ["always changed"], "download": ["changed"]}
+    monkeypatch.setenv("FAKE_DVC_STATUS_JSON", json.dumps(listed))
+    assert fp.main(["--stages", "compare"]) == 0
+    assert fake_dvc.read_text().splitlines() == [
+        "status --json --with-deps compare", "repro fetch", "repro fetch_mt_bench@evaluate",
+        "status --json --with-deps compare", "repro compare"]  # fmt: skip
 
 
 def test_force_skips_the_status_check(fake_dvc, monkeypatch):

@@ -332,7 +332,8 @@ def stage_workspace(tmp_path: Path, tiny_model_dir, gsm_records, mt_files, mt_be
     write_jsonl(cwd / "data/download/test.jsonl", gsm_records[:2])
     evaluate = {"n_test": 1, "max_length": 64, "batch_size": 1, "device": "cpu", "gsm8k": {"limit": 0},
                 "mt_bench": {"limit": 1, "max_new_tokens": 2, "batch_size": 1, **mt_bench}}  # fmt: skip
-    shutil.copytree(Path(mt_files["mirror"]) / "mt_bench", cwd / "data/mt_bench")  # as fetch_mt_bench copies it
+    # as fetch_mt_bench copies it
+    shutil.copytree(Path(mt_files["mirror"]) / "mt_bench", cwd / "data/mt_bench/evaluate")
     (cwd / "params.yaml").write_text(yaml.safe_dump({"evaluate": evaluate}))
     return cwd
 

@@ -163,25 +163,40 @@ def mt_bench_folder(root: Path) -> Path:
 
 
 def test_mt_bench_is_fetched_only_for_a_reader_and_its_absence_names_the_param(tmp_path):
-    from infosift.data import mt_bench_files
+    from infosift.data import mt_bench_folder_files
     from infosift.errors import DataError
 
     folder = mt_bench_folder(tmp_path / "bench")
     write = (tmp_path / "params.yaml").write_text
-    write(yaml.safe_dump({"evaluate": {"mt_bench": {"limit": 0, "dir": str(folder)}}}))
-    assert run_module(tmp_path, "stages.fetch", "mt_bench").returncode == 0
-    with pytest.raises(DataError, match="not fetched: evaluate.mt_bench.limit is 0"):
-        mt_bench_files(tmp_path / "data")
+    copy = {reader: tmp_path / "data" / "mt_bench" / reader for reader in ("evaluate", "sketch")}
     write(yaml.safe_dump({"evaluate": {"mt_bench": {"limit": 0, "dir": str(folder)}}, "sketch": {"sources": {
         "b": "mt_bench"}}}))  # fmt: skip
-    assert run_module(tmp_path, "stages.fetch", "mt_bench").returncode == 0
-    files = mt_bench_files(tmp_path / "data")
+    for reader in copy:
+        assert run_module(tmp_path, "stages.fetch", "mt_bench", reader).returncode == 0
+    with pytest.raises(DataError, match="not fetched: evaluate.mt_bench.limit is 0"):
+        mt_bench_folder_files(copy["evaluate"])  # the suite is off: evaluate's copy says so, sketch's is there
+    files = mt_bench_folder_files(copy["sketch"])
     assert files.questions.read_bytes() == (folder / "question.jsonl").read_bytes()
     write(yaml.safe_dump({"evaluate": {"mt_bench": {"limit": 1, "dir": str(tmp_path / "gone")}}}))
-    proc = run_module(tmp_path, "stages.fetch", "mt_bench", env={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr  # recorded; the reader stops, naming the param
+    for reader in copy:
+        proc = run_module(tmp_path, "stages.fetch", "mt_bench", reader, env={"HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr  # recorded; the reader stops, naming the param
     with pytest.raises(DataError, match="evaluate.mt_bench.dir=.*gone.*question.jsonl: not found"):
-        mt_bench_files(tmp_path / "data")
+        mt_bench_folder_files(copy["evaluate"])
+    with pytest.raises(DataError, match="not fetched: no sketch source is mt_bench"):
+        mt_bench_folder_files(copy["sketch"])
+
+
+def test_a_reader_whose_suite_is_off_sees_the_same_bytes_every_time(tmp_path):
+    """evaluate with the judged suite off depends on its copy: mirror or not, online or not, the bytes are the
+    same, so no evaluation reruns because MT-Bench came or went."""
+    write = (tmp_path / "params.yaml").write_text
+    seen = []
+    for folder in (mt_bench_folder(tmp_path / "bench"), tmp_path / "gone"):
+        write(yaml.safe_dump({"evaluate": {"mt_bench": {"limit": 0, "dir": str(folder)}}}))
+        assert run_module(tmp_path, "stages.fetch", "mt_bench", "evaluate").returncode == 0
+        seen.append({f.name: f.read_bytes() for f in (tmp_path / "data/mt_bench/evaluate").iterdir()})
+    assert seen[0] == seen[1]
 
 
 # -- preflight: the whole configuration, before any stage --------------------------------------------------
@@ -218,8 +233,8 @@ def config_workspace(tmp_path: Path, change: dict, model_dir: Path) -> Path:
 def test_the_defaults_with_a_new_dataset_pass(tmp_path, tiny_model_dir):
     from flows.preflight import problems
 
-    ws = config_workspace(tmp_path, {}, tiny_model_dir)
-    assert problems(["compare", "sketch", "synthetic"], root=ws) is None
+    ws = config_workspace(tmp_path, {"evaluate.answer_pattern": "#### (.*)"}, tiny_model_dir)
+    assert problems(["compare", "sketch", "synthetic"], root=ws) is None  # its answers end in "#### n"
 
 
 def test_judged_suite_at_a_missing_dir_stops_the_flow_before_download(
@@ -252,6 +267,9 @@ def test_judged_suite_at_a_missing_dir_stops_the_flow_before_download(
         ({"download.dataset": "other"}, ["embed"], "download.dataset='other'"),
         ({"sketch.sources": {"x": "missing.jsonl"}}, ["sketch"], "sketch.sources.x: missing.jsonl not found"),
         ({"synthetic.ridge": -1}, ["synthetic"], "synthetic.ridge: must be > 0"),
+        ({"download.fields": {"prompt": "question", "response": "reply"}}, ["embed"], "download.fields=.*'question'"),
+        ({"evaluate.answer_pattern": "ANSWER: (.*)"}, ["compare"],
+         r"evaluate.answer_pattern='ANSWER: \(\.\*\)': no match in the first 5 responses"),
     ],
 )
 def test_a_mistake_anywhere_upstream_is_found_first(tmp_path, change, stages, message, tiny_model_dir):
@@ -306,6 +324,9 @@ def own_data_repo(tmp: Path, download: dict) -> tuple[Path, dict]:
     return repo, env
 
 
+LOOKS = {"fetch", "fetch_mt_bench@evaluate"}  # what compare reaches of the always-changed fetch stages
+
+
 def repro(repo: Path, env: dict, *targets: str) -> set[str]:
     """`dvc repro`, and the stages it ran."""
     proc = subprocess.run(["dvc", "repro", *targets], cwd=repo, env=env, capture_output=True, text=True)
@@ -328,10 +349,11 @@ def test_own_folder_through_the_pipeline_to_the_compare_table(tmp_path):
     write_jsonl(tmp_path / "own/tally/test.jsonl", tally_rows(8, 1))
     repo, env = own_data_repo(tmp_path, {"dataset": "tally", "mirror_dir": str(tmp_path / "own")})
     ran = repro(repo, env, "compare")
-    assert {"fetch", "fetch_mt_bench", "download", "compare"} <= ran and "sketch" not in ran
+    assert {"fetch", "fetch_mt_bench@evaluate", "download", "compare"} <= ran
+    assert not {"sketch", "fetch_mt_bench@sketch"} & ran  # MT-Bench is fetched only for the readers that run
     assert_compare_table(repo)
     assert json.loads((repo / "data/download/manifest.json").read_text())["dataset"] == "tally"
-    assert repro(repo, env, "compare") == {"fetch", "fetch_mt_bench"}  # nothing changed: only the look at sources
+    assert repro(repo, env, "compare") == LOOKS  # nothing changed: only the look at sources
 
 
 def test_one_file_through_the_pipeline_and_an_edit_reruns_download(tmp_path):
@@ -350,7 +372,7 @@ def test_one_file_through_the_pipeline_and_an_edit_reruns_download(tmp_path):
     status = subprocess.run(
         ["dvc", "status", "--json", "--with-deps", "compare"], cwd=repo, env=env, capture_output=True, text=True
     )
-    stale = set(json.loads(status.stdout)) - {"fetch", "fetch_mt_bench"}  # always changed: they look every time
+    stale = set(json.loads(status.stdout)) - LOOKS  # always changed: they look every time
     assert stale == {"download"}, status.stdout  # and what reads its outputs, only if they change
 
 

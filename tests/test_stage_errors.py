@@ -633,7 +633,7 @@ def evaluate_workspace(monkeypatch, tmp_path: Path, tiny_model_dir: Path, evalua
     (tmp_path / "data" / "download").mkdir(parents=True)
     (tmp_path / "data/download/test.jsonl").write_text('{"id": "a", "prompt": "what is 3 ?", "response": "3"}\n')
     if Path(mirror, "mt_bench").is_dir():  # where the fetch_mt_bench stage would have copied it
-        shutil.copytree(Path(mirror, "mt_bench"), tmp_path / "data" / "mt_bench")
+        shutil.copytree(Path(mirror, "mt_bench"), tmp_path / "data" / "mt_bench" / "evaluate")
     params = {"model": {"base_model": str(tiny_model_dir)}, "evaluate": evaluate}
     return in_workspace(monkeypatch, tmp_path, params)
 
