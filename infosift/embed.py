@@ -242,23 +242,34 @@ class ShardEmbedder:
         project_dim: int | None = None,
         project_seed: int = 0,
         fingerprint: str | None = None,
+        model_kwargs: dict | None = None,
     ) -> None:
         """``fingerprint``: model_fingerprint(model_dir) when the caller has it (hashing a large model's
-        weights once per Ray actor would cost more than the shards)."""
+        weights once per Ray actor would cost more than the shards). ``model_kwargs``: how the model loads (dtype,
+        attn_implementation: stages.model.load_options); ``dtype`` is what the features are stored in, whatever
+        the model computes in."""
+        opts = model_kwargs or {}
         self.model, self.tokenizer = load_model_and_tokenizer(
-            model_dir, device=device, trust_remote_code=trust_remote_code
+            model_dir, device=device, trust_remote_code=trust_remote_code, **opts
         )
         self.part, self.max_length, self.batch_tokens, self.dtype = part, max_length, batch_tokens, np.dtype(dtype)
-        dev = next(self.model.parameters()).device
+        param = next(self.model.parameters())
+        dev, weights = param.device, str(param.dtype).removeprefix("torch.")
+        compute = autocast(dev)[1] if dev.type == "cuda" else weights  # autocast's on CUDA, else the weights'
         self.settings = {
             "model_fingerprint": fingerprint or model_fingerprint(model_dir),
             "part": part,
             "max_length": max_length,
             "batch_tokens": batch_tokens,
             "dtype": dtype,
-            "compute": f"{dev.type}/{autocast(dev)[1]}",
+            "compute": f"{dev.type}/{compute}",
             "format": FORMAT,
         }
+        # only when set: float32 weights and transformers' attention keep the meta.json they always had
+        if weights != "float32":
+            self.settings["weights"] = weights
+        if opts.get("attn_implementation"):
+            self.settings["attn_implementation"] = opts["attn_implementation"]
         self.projection = None
         if project_dim is not None:  # only then: unprojected features keep the meta.json they always had
             d = int(self.model.get_output_embeddings().weight.shape[1])
@@ -306,6 +317,7 @@ def embed_records(
     trust_remote_code: bool = False,
     project_dim: int | None = None,
     project_seed: int = 0,
+    model_kwargs: dict | None = None,
 ) -> TokenFeatures:
     """Embed ``records`` (infosift.data records: whole conversations) into ``out_dir``; return it memory-mapped.
 
@@ -313,14 +325,15 @@ def embed_records(
     offsets.npy, ids.json (record order), costs.npy ((N,) int64 chat-template tokens), p_next.npy and
     p_sqnorm.npy ((total_tokens,) float32), self_scores.npy ((N,) float32 mean log-prob of each record's
     assistant tokens under the model, NaN when truncation left none) and meta.json. Position rules: see
-    ``feature_positions``; projection: see the module docstring.
+    ``feature_positions``; projection: see the module docstring. ``model_kwargs``: see ShardEmbedder.
     """
     from tqdm.auto import tqdm
 
     check_request(records, part, dtype, project_dim)
     embedder = ShardEmbedder(
-        model_dir, part, max_length, batch_tokens, dtype, device, trust_remote_code, project_dim, project_seed
-    )
+        model_dir, part, max_length, batch_tokens, dtype, device, trust_remote_code, project_dim, project_seed,
+        model_kwargs=model_kwargs,
+    )  # fmt: skip
     partial = partial_dir(out_dir)
     partial.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(records), shard_size)

@@ -35,7 +35,7 @@ from stages._common import (
     variant_name,
     whole_number,
 )
-from stages.model import base_model_dir, model_params
+from stages.model import base_model_dir, model_options, model_params
 
 LOSSES = tuple(available_losses())
 
@@ -277,23 +277,6 @@ def main(argv: list[str]) -> None:
     if result.resumed_from:
         final += f" (resumed from {result.resumed_from})"
     print(f"finetune: {name} on {result.n_examples} examples{note}, {len(history)} steps, {final}")
-
-
-def model_options(mp: dict, trust: bool) -> dict:
-    """load_model_and_tokenizer's keyword arguments from params.yaml model; each rank loads onto its own GPU (not
-    all onto cuda:0 before the trainer moves them)."""
-    import os
-
-    import torch
-
-    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    return {
-        "device": device,
-        "dtype": mp.get("torch_dtype", "auto"),
-        "attn_implementation": mp.get("attn_implementation"),
-        "quantization": mp.get("quantization"),
-        "trust_remote_code": trust,
-    }
 
 
 @contextmanager
