@@ -12,6 +12,9 @@ settings); a rerun reuses shards whose key matches and redoes the others. Within
 sorted by length and packed into right-padded batches of at most ``batch_tokens`` padded tokens; the
 batching depends only on the shard's contents, so a resumed run writes byte-identical output.
 
+meta.json also counts what max_length did (chat.truncation_report, the names evaluate's metrics use):
+``n_truncated`` conversations lost their tail, ``n_emptied`` of them every assistant token.
+
 Alongside the features, from the logits the head already computes: ``costs`` (every token of each
 conversation under the chat template, up to max_length: what a fine-tune pays for it) and, per feature row, ``p_next``
 (the model's probability of the actual next token) and ``p_sqnorm`` (sum_k p_k^2 of its next-token
@@ -40,13 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from infosift.atomic import atomic_output
-from infosift.chat import Encoded, collate, encode_record
+from infosift.chat import Encoded, collate, encode_record, truncation_report
 from infosift.features import COSTS, IDS, OFFSETS, P_NEXT, P_SQNORM, VALUES, TokenFeatures
 from infosift.models import autocast, load_model_and_tokenizer, model_fingerprint
 
 PARTS = ("response", "prompt", "all")
-SELF_SCORES, META, SHARD_KEY = "self_scores.npy", "meta.json", "shard.json"
-FORMAT = 2  # shard layout version: 2 added costs, p_next and p_sqnorm
+SELF_SCORES, META, SHARD_KEY, CUT = "self_scores.npy", "meta.json", "shard.json", "truncation.json"
+FORMAT = 3  # shard layout version: 2 added costs, p_next and p_sqnorm; 3 each shard's truncation counts
 log = logging.getLogger(__name__)
 
 
@@ -147,12 +150,13 @@ def _shard_key(ids: list[str], encs: list[Encoded], settings: dict) -> dict:
     return {"ids": ids, "inputs_sha256": hashlib.sha256(tokens).hexdigest(), **settings}
 
 
-def _write_shard(partial: Path, name: str, key: dict, feats: TokenFeatures, scores: np.ndarray) -> None:
+def _write_shard(partial: Path, name: str, key: dict, feats: TokenFeatures, scores: np.ndarray, cut: dict) -> None:
     """A finished shard appears whole under its name or not at all: a resumed run trusts what it finds."""
     feats.ids = list(key["ids"])
     with atomic_output(partial / name) as tmp:
         feats.save(tmp)
         np.save(tmp / SELF_SCORES, scores, allow_pickle=False)
+        (tmp / CUT).write_text(json.dumps({"n_truncated": cut["truncated"], "n_emptied": cut["emptied"]}))
         (tmp / SHARD_KEY).write_text(json.dumps(key, sort_keys=True))
 
 
@@ -192,6 +196,8 @@ def _concat_shards(shards: list[Path], out: Path, meta: dict) -> None:
         np.save(out / name, np.concatenate([np.load(s / name) for s in shards]), allow_pickle=False)
     meta = {**meta, "n": len(ids), "d": int(first.shape[1]), "total_tokens": total}
     meta["empty_sentences"] = int((lengths == 0).sum())
+    cuts = [json.loads((s / CUT).read_text()) for s in shards]
+    meta.update({k: sum(c[k] for c in cuts) for k in ("n_truncated", "n_emptied")})
     (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
@@ -282,13 +288,14 @@ class ShardEmbedder:
         """Write shard ``index`` of ``records`` under ``partial`` unless a finished one with the same key is
         there. Returns the tokens it ran through the model (0 when the shard was reused)."""
         encs = [encode_record(self.tokenizer, r, self.max_length) for r in records]
-        key = _shard_key([str(r["id"]) for r in records], encs, self.settings)
+        ids = [str(r["id"]) for r in records]
+        key = _shard_key(ids, encs, self.settings)
         if _finished(partial / shard_name(index), key):
             return 0
         pad = self.tokenizer.pad_token_id
         feats, scores = _embed_shard(self.model, encs, self.part, self.batch_tokens, pad, self.dtype, self.projection)
         feats.check_finite()
-        _write_shard(partial, shard_name(index), key, feats, scores)
+        _write_shard(partial, shard_name(index), key, feats, scores, truncation_report(encs, ids))
         return sum(len(e.input_ids) for e in encs)
 
 
