@@ -12,6 +12,9 @@ settings); a rerun reuses shards whose key matches and redoes the others. Within
 sorted by length and packed into right-padded batches of at most ``batch_tokens`` padded tokens; the
 batching depends only on the shard's contents, so a resumed run writes byte-identical output.
 
+meta.json also counts what max_length did (chat.truncation_report, the names evaluate's metrics use):
+``n_truncated`` conversations lost their tail, ``n_emptied`` of them every assistant token.
+
 Alongside the features, from the logits the head already computes: ``costs`` (every token of each
 conversation under the chat template, up to max_length: what a fine-tune pays for it) and, per feature row, ``p_next``
 (the model's probability of the actual next token) and ``p_sqnorm`` (sum_k p_k^2 of its next-token
@@ -40,13 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from infosift.atomic import atomic_output
-from infosift.chat import Encoded, collate, encode_record
+from infosift.chat import Encoded, collate, encode_record, truncation_report
 from infosift.features import COSTS, IDS, OFFSETS, P_NEXT, P_SQNORM, VALUES, TokenFeatures
 from infosift.models import autocast, load_model_and_tokenizer, model_fingerprint
 
 PARTS = ("response", "prompt", "all")
-SELF_SCORES, META, SHARD_KEY = "self_scores.npy", "meta.json", "shard.json"
-FORMAT = 2  # shard layout version: 2 added costs, p_next and p_sqnorm
+SELF_SCORES, META, SHARD_KEY, CUT = "self_scores.npy", "meta.json", "shard.json", "truncation.json"
+FORMAT = 3  # shard layout version: 2 added costs, p_next and p_sqnorm; 3 each shard's truncation counts
 log = logging.getLogger(__name__)
 
 
@@ -147,12 +150,13 @@ def _shard_key(ids: list[str], encs: list[Encoded], settings: dict) -> dict:
     return {"ids": ids, "inputs_sha256": hashlib.sha256(tokens).hexdigest(), **settings}
 
 
-def _write_shard(partial: Path, name: str, key: dict, feats: TokenFeatures, scores: np.ndarray) -> None:
+def _write_shard(partial: Path, name: str, key: dict, feats: TokenFeatures, scores: np.ndarray, cut: dict) -> None:
     """A finished shard appears whole under its name or not at all: a resumed run trusts what it finds."""
     feats.ids = list(key["ids"])
     with atomic_output(partial / name) as tmp:
         feats.save(tmp)
         np.save(tmp / SELF_SCORES, scores, allow_pickle=False)
+        (tmp / CUT).write_text(json.dumps({"n_truncated": cut["truncated"], "n_emptied": cut["emptied"]}))
         (tmp / SHARD_KEY).write_text(json.dumps(key, sort_keys=True))
 
 
@@ -192,6 +196,8 @@ def _concat_shards(shards: list[Path], out: Path, meta: dict) -> None:
         np.save(out / name, np.concatenate([np.load(s / name) for s in shards]), allow_pickle=False)
     meta = {**meta, "n": len(ids), "d": int(first.shape[1]), "total_tokens": total}
     meta["empty_sentences"] = int((lengths == 0).sum())
+    cuts = [json.loads((s / CUT).read_text()) for s in shards]
+    meta.update({k: sum(c[k] for c in cuts) for k in ("n_truncated", "n_emptied")})
     (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
@@ -242,23 +248,34 @@ class ShardEmbedder:
         project_dim: int | None = None,
         project_seed: int = 0,
         fingerprint: str | None = None,
+        model_kwargs: dict | None = None,
     ) -> None:
         """``fingerprint``: model_fingerprint(model_dir) when the caller has it (hashing a large model's
-        weights once per Ray actor would cost more than the shards)."""
+        weights once per Ray actor would cost more than the shards). ``model_kwargs``: how the model loads (dtype,
+        attn_implementation: stages.model.load_options); ``dtype`` is what the features are stored in, whatever
+        the model computes in."""
+        opts = model_kwargs or {}
         self.model, self.tokenizer = load_model_and_tokenizer(
-            model_dir, device=device, trust_remote_code=trust_remote_code
+            model_dir, device=device, trust_remote_code=trust_remote_code, **opts
         )
         self.part, self.max_length, self.batch_tokens, self.dtype = part, max_length, batch_tokens, np.dtype(dtype)
-        dev = next(self.model.parameters()).device
+        param = next(self.model.parameters())
+        dev, weights = param.device, str(param.dtype).removeprefix("torch.")
+        compute = autocast(dev)[1] if dev.type == "cuda" else weights  # autocast's on CUDA, else the weights'
         self.settings = {
             "model_fingerprint": fingerprint or model_fingerprint(model_dir),
             "part": part,
             "max_length": max_length,
             "batch_tokens": batch_tokens,
             "dtype": dtype,
-            "compute": f"{dev.type}/{autocast(dev)[1]}",
+            "compute": f"{dev.type}/{compute}",
             "format": FORMAT,
         }
+        # only when set: float32 weights and transformers' attention keep the meta.json they always had
+        if weights != "float32":
+            self.settings["weights"] = weights
+        if opts.get("attn_implementation"):
+            self.settings["attn_implementation"] = opts["attn_implementation"]
         self.projection = None
         if project_dim is not None:  # only then: unprojected features keep the meta.json they always had
             d = int(self.model.get_output_embeddings().weight.shape[1])
@@ -271,13 +288,14 @@ class ShardEmbedder:
         """Write shard ``index`` of ``records`` under ``partial`` unless a finished one with the same key is
         there. Returns the tokens it ran through the model (0 when the shard was reused)."""
         encs = [encode_record(self.tokenizer, r, self.max_length) for r in records]
-        key = _shard_key([str(r["id"]) for r in records], encs, self.settings)
+        ids = [str(r["id"]) for r in records]
+        key = _shard_key(ids, encs, self.settings)
         if _finished(partial / shard_name(index), key):
             return 0
         pad = self.tokenizer.pad_token_id
         feats, scores = _embed_shard(self.model, encs, self.part, self.batch_tokens, pad, self.dtype, self.projection)
         feats.check_finite()
-        _write_shard(partial, shard_name(index), key, feats, scores)
+        _write_shard(partial, shard_name(index), key, feats, scores, truncation_report(encs, ids))
         return sum(len(e.input_ids) for e in encs)
 
 
@@ -306,6 +324,7 @@ def embed_records(
     trust_remote_code: bool = False,
     project_dim: int | None = None,
     project_seed: int = 0,
+    model_kwargs: dict | None = None,
 ) -> TokenFeatures:
     """Embed ``records`` (infosift.data records: whole conversations) into ``out_dir``; return it memory-mapped.
 
@@ -313,14 +332,15 @@ def embed_records(
     offsets.npy, ids.json (record order), costs.npy ((N,) int64 chat-template tokens), p_next.npy and
     p_sqnorm.npy ((total_tokens,) float32), self_scores.npy ((N,) float32 mean log-prob of each record's
     assistant tokens under the model, NaN when truncation left none) and meta.json. Position rules: see
-    ``feature_positions``; projection: see the module docstring.
+    ``feature_positions``; projection: see the module docstring. ``model_kwargs``: see ShardEmbedder.
     """
     from tqdm.auto import tqdm
 
     check_request(records, part, dtype, project_dim)
     embedder = ShardEmbedder(
-        model_dir, part, max_length, batch_tokens, dtype, device, trust_remote_code, project_dim, project_seed
-    )
+        model_dir, part, max_length, batch_tokens, dtype, device, trust_remote_code, project_dim, project_seed,
+        model_kwargs=model_kwargs,
+    )  # fmt: skip
     partial = partial_dir(out_dir)
     partial.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(records), shard_size)

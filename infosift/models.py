@@ -131,19 +131,22 @@ WEIGHT_FILES = (
 )
 
 
-def check_model_dir(path: str | os.PathLike, trust_remote_code: bool = False) -> Path:
+def check_model_dir(
+    path: str | os.PathLike, trust_remote_code: bool = False, base_dir: str | os.PathLike | None = None
+) -> Path:
     """A local HF model dir, checked before anything loads it: it exists, its config.json is a JSON object of a
     model type transformers knows (or custom code the caller allows), and it holds weights.
 
     Each problem is a ModelResolutionError naming the dir, so a stage fails in one line instead of deep
-    inside transformers. A LoRA adapter dir must hold its adapter weights, and its base is checked in turn.
+    inside transformers. A LoRA adapter dir must hold its adapter weights, and its base is checked in turn:
+    ``base_dir`` when given (as load_model_and_tokenizer takes it), else the one its adapter_config.json names.
     """
     path = Path(path)
     base = adapter_base(path)
     if base is not None:
         if not (path / "adapter_model.safetensors").is_file():
             raise ModelResolutionError(f"{path} is a LoRA adapter dir without adapter_model.safetensors")
-        _check_local_dir(base, trust_remote_code)
+        _check_local_dir(Path(base_dir) if base_dir is not None else base, trust_remote_code)
         return path.resolve()
     return _check_local_dir(path, trust_remote_code)
 
@@ -344,13 +347,16 @@ def load_model_and_tokenizer(
     attn_implementation: str | None = None,
     quantization: str | None = None,
     merge_adapter: bool = True,
+    base_dir: str | os.PathLike | None = None,
 ):
     """Load a causal LM in eval mode on ``device`` (default: CUDA if available) and its tokenizer.
 
     ``dtype``: a torch dtype or one of DTYPES (see resolve_dtype); None is float32. A LoRA adapter dir loads its
     base (adapter_base) with the adapter on top, merged in memory unless ``merge_adapter`` is False, so every
-    caller sees a plain model. ``quantization="4bit"`` loads the weights in NF4 for QLoRA (CUDA only). The
-    tokenizer pads on the right and falls back to the EOS token as pad when the model defines none.
+    caller sees a plain model. ``base_dir``: the base to put an adapter on, once the caller has checked it is the
+    one the adapter was trained on (adapter_config.json keeps the path the base had at training time, which may be
+    gone, or a Ray worker's); ignored for a full model. ``quantization="4bit"`` loads the weights in NF4 for QLoRA
+    (CUDA only). The tokenizer pads on the right and falls back to the EOS token as pad when the model defines none.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -362,6 +368,8 @@ def load_model_and_tokenizer(
         )
     quant = quantization_config(quantization, device)
     base = adapter_base(model_dir)
+    if base is not None and base_dir is not None:
+        base = Path(base_dir)
     with _load_errors(model_dir, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     from infosift.chat import ensure_chat_template

@@ -17,7 +17,7 @@ from infosift.features import TokenFeatures
 from infosift.models import load_model_and_tokenizer
 from infosift.quality import quality_scores, save_quality
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
-from stages.model import base_model_dir
+from stages.model import base_model_dir, load_options, model_params
 
 ENGINES = ("local", "ray")
 KNOWN = set("part max_length batch_tokens shard_size dtype device engine ray project_dim project_seed".split())
@@ -55,6 +55,7 @@ def main(argv: list[str]) -> None:
     if engine == "ray":
         connect_ray(ray_opts["address"])
     model_dir, trust = base_model_dir()
+    load = load_options(model_params())  # model.torch_dtype and attn_implementation, as every stage loads the model
     common = dict(
         part=p.get("part", "response"),
         max_length=int(p.get("max_length", 512)),
@@ -64,6 +65,7 @@ def main(argv: list[str]) -> None:
         trust_remote_code=trust,
         project_dim=p.get("project_dim"),
         project_seed=int(p.get("project_seed", 0)),
+        model_kwargs=load,
     )
     dim = None
     for name, records in inputs.items():
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> None:
         dim = feats.dim
         print(f"embed: {name}: {len(feats)} examples, {len(feats.values)} tokens, d={feats.dim}")
     # quality scores of the pool (infosift/quality.py): what a variant's filter drops by
-    model, tokenizer = load_model_and_tokenizer(model_dir, device=device, trust_remote_code=trust)
+    model, tokenizer = load_model_and_tokenizer(model_dir, device=device, trust_remote_code=trust, **load)
     pool = TokenFeatures.load("data/features/pool", mmap=True)  # its p_next gives log p(r|q) and eos for free
     stats = [pool.p_next[a:b] for a, b in zip(pool.offsets[:-1], pool.offsets[1:], strict=True)]
     reuse = stats if common["part"] == "response" and pool.p_next is not None else None

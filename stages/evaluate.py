@@ -23,7 +23,7 @@ from infosift.evaluate.judge_api import check_url
 from infosift.models import ADAPTER_CONFIG, adapter_base, check_model_dir, model_fingerprint
 from infosift.names import check_name
 from stages._common import StageError, atomic_output, check_device, check_keys, check_param, params, run
-from stages.model import base_model_dir, model_params, trust_remote_code
+from stages.model import base_model_dir, load_options, model_params, trust_remote_code
 
 # dir: where fetch_mt_bench copies MT-Bench from (stages/fetch.py); this stage reads the copy in MT_BENCH
 MT_BENCH = Path("data/mt_bench/evaluate")  # fetch_mt_bench@evaluate's copy
@@ -73,9 +73,10 @@ def main(argv: list[str]) -> None:
     model_dir = base_model_dir()[0] if name == "base" else Path("models") / name
     if not any((Path(model_dir) / f).exists() for f in ("config.json", ADAPTER_CONFIG)):
         raise StageError(f"no model at {model_dir}; run its finetune stage first")
-    check_model_dir(model_dir, trust)  # a dir with config.json but no weights, or a broken config
-    if adapter_base(model_dir) is not None:
-        check_adapter_base(Path(model_dir))
+    # an adapter goes on model.base_model once that is checked to be its base, wherever the base was at training time
+    base = str(check_adapter_base(Path(model_dir))) if adapter_base(model_dir) is not None else None
+    check_model_dir(model_dir, trust, base)  # a dir with config.json but no weights, or a broken config
+    load = load_options(model_params() if "model" in params() else {})
     test = read_examples("data/download/test.jsonl")
     if mt.get("limit", 0):  # the judged suite's files and judge model, before any model runs
         read_mt_bench(mt_bench_files_of_params(), templates=True)
@@ -96,6 +97,8 @@ def main(argv: list[str]) -> None:
             device=p.get("device"),
             trust_remote_code=trust,
             answer_pattern=p.get("answer_pattern"),
+            model_kwargs=load,
+            base_dir=base,
         )
         write_per_example(tmp / "per_example.jsonl", nll.pop("per_example"))
         metrics.update(nll)
@@ -111,19 +114,21 @@ def main(argv: list[str]) -> None:
                 max_gen_toks=int(gsm.get("max_gen_toks", 256)),
                 device=p.get("device"),
                 trust_remote_code=trust,
+                model_kwargs=load,
+                base_dir=base,
             )
             gsm_path.unlink()
             metrics.update({f"gsm8k_{k}": v for k, v in res.items()})
         mt = p.get("mt_bench") or {}
         if mt.get("limit", 0):
-            metrics.update(judged(str(model_dir), mt, tmp / "mt_bench", p.get("device"), trust))
+            metrics.update(judged(str(model_dir), mt, tmp / "mt_bench", p.get("device"), trust, load, base))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print("evaluate: " + json.dumps(metrics))
 
 
-def check_adapter_base(model_dir: Path) -> None:
-    """A LoRA adapter is evaluated on the base it was trained on: its infosift.json records that base's fingerprint,
-    which must be model.base_model's now (else the numbers would belong to neither model)."""
+def check_adapter_base(model_dir: Path) -> Path:
+    """model.base_model's dir, checked to be the base the LoRA adapter was trained on: its infosift.json records that
+    base's fingerprint, which must be model.base_model's now (else the numbers would belong to neither model)."""
     base_dir = base_model_dir()[0]
     try:
         trained_on = json.loads((model_dir / "infosift.json").read_text())["base_fingerprint"]
@@ -134,6 +139,7 @@ def check_adapter_base(model_dir: Path) -> None:
             f"{model_dir} is a LoRA adapter trained on another base than model.base_model ({base_dir}); "
             "rerun its finetune stage or set model.base_model to the base it was trained on"
         )
+    return base_dir
 
 
 PER_EXAMPLE = ("id", "nll_sum", "n_tokens", "answer_nll_sum", "answer_n_tokens")
@@ -181,8 +187,11 @@ def mt_bench_files_of_params() -> MTBenchFiles:
         raise StageError(f"evaluate.mt_bench: {e}") from None
 
 
-def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: bool) -> dict:
-    """MT-Bench first turns scored by the configured judge; 'base' as judge model = the base model."""
+def judged(
+    model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: bool, load: dict, base: str | None
+) -> dict:
+    """MT-Bench first turns scored by the configured judge; 'base' as judge model = the base model. ``load``: how
+    both models load (load_options); ``base``: the answering adapter's checked base."""
     files = mt_bench_files_of_params()
     judge, judge_model = mt.get("judge", "overlap"), mt.get("judge_model", "base")
     if judge == "local" and judge_model == "base":
@@ -205,6 +214,8 @@ def judged(model_dir: str, mt: dict, out_dir: Path, device: str | None, trust: b
         device=device,
         out_dir=str(out_dir),
         trust_remote_code=trust,
+        model_kwargs=load,
+        base_dir=base,
     )
     return {
         "mt_bench_score": res["overall"],

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from infosift.data import read_examples
-from infosift.errors import InfosiftError
+from infosift.errors import ClusterError, InfosiftError
 from infosift.losses import available_losses
 from infosift.manifest import content_hash, read_manifest
 from infosift.models import load_model_and_tokenizer, model_fingerprint
@@ -35,7 +35,7 @@ from stages._common import (
     variant_name,
     whole_number,
 )
-from stages.model import base_model_dir, model_params
+from stages.model import base_model_dir, model_options, model_params
 
 LOSSES = tuple(available_losses())
 
@@ -62,6 +62,7 @@ def checked_finetune_params(ft: dict) -> dict:
     if "losses" in ft:
         check_items(ft["losses"], "finetune.losses", str, choices=LOSSES)
     check_param(ft.get("train") or {}, "finetune.train", dict)
+    check_report_to((ft.get("train") or {}).get("report_to"))
     check_param(ft.get("max_length", 512), "finetune.max_length", int, low=8)
     check_param(ft.get("infosft_p", 0.93), "finetune.infosft_p", float, low=0.0, high=1.0)
     check_param(ft.get("lora"), "finetune.lora", dict, allow_none=True)
@@ -77,6 +78,17 @@ def checked_finetune_params(ft: dict) -> dict:
     if engine == "ray" and ft.get("processes", 1) > 1:
         raise StageError("params.yaml finetune.processes: with engine ray, set finetune.ray.num_workers instead")
     return ft
+
+
+def check_report_to(value: object) -> None:
+    """finetune.train.report_to may name other trackers, not MLflow: infosift logs each fine-tune to its own MLflow
+    run (live_loss), which compare takes in; the trainer's MLflow callback would open a second run per variant."""
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    if {"mlflow", "all"} & {n for n in names if isinstance(n, str)}:
+        raise StageError(
+            f"params.yaml finetune.train.report_to: {value!r} would open a second MLflow run per variant; infosift "
+            "logs each fine-tune to MLflow itself (compare.mlflow), so leave mlflow and all out"
+        )
 
 
 def train_config(ft: dict, loss: str, seed: int) -> TrainConfig:
@@ -150,6 +162,17 @@ def live_loss(name: str, key: str, manifest_hash: str, cfg: TrainConfig) -> Abst
     )
 
 
+def check_ray_address(address: str | None) -> None:
+    """finetune.ray.address answers (infosift.scale.cluster's probe, no Ray import): one line at once, not minutes
+    of Ray's retries after the stage has begun its outputs."""
+    from infosift.scale.cluster import check_address
+
+    try:
+        check_address(address)
+    except ClusterError as e:
+        raise StageError(f"params.yaml finetune.ray.address: {e}") from None
+
+
 def rank() -> int:
     """This process's rank under torchrun or Ray Train (0 when alone): only rank 0 writes and logs."""
     import os
@@ -180,6 +203,8 @@ def main(argv: list[str]) -> None:
     if loss not in LOSSES:
         raise StageError(f"unknown loss_type {loss!r}; use one of {', '.join(LOSSES)}")
     ft = checked_finetune_params(params("finetune"))
+    if ft.get("engine", "local") == "ray":  # before any output dir or MLflow run: a wrong address leaves nothing
+        check_ray_address((ft.get("ray") or {}).get("address"))
     cfg = train_config(ft, loss, seed)
     mp = model_params() if "model" in params() else {}
     n_proc = int(ft.get("processes", 1))
@@ -252,23 +277,6 @@ def main(argv: list[str]) -> None:
     if result.resumed_from:
         final += f" (resumed from {result.resumed_from})"
     print(f"finetune: {name} on {result.n_examples} examples{note}, {len(history)} steps, {final}")
-
-
-def model_options(mp: dict, trust: bool) -> dict:
-    """load_model_and_tokenizer's keyword arguments from params.yaml model; each rank loads onto its own GPU (not
-    all onto cuda:0 before the trainer moves them)."""
-    import os
-
-    import torch
-
-    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    return {
-        "device": device,
-        "dtype": mp.get("torch_dtype", "auto"),
-        "attn_implementation": mp.get("attn_implementation"),
-        "quantization": mp.get("quantization"),
-        "trust_remote_code": trust,
-    }
 
 
 @contextmanager

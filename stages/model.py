@@ -58,3 +58,22 @@ def base_model_dir() -> tuple[Path, bool]:
         return base, trust
     except ModelResolutionError as e:
         raise StageError(str(e)) from None
+
+
+def load_options(mp: dict) -> dict:
+    """How every stage that loads the model loads it (embed, finetune, sweep, evaluate, sketch), so that they all
+    see the same weights: load_model_and_tokenizer's dtype and attn_implementation from params.yaml model (``mp``:
+    model_params(), or {} for the defaults)."""
+    return {"dtype": mp.get("torch_dtype", "auto"), "attn_implementation": mp.get("attn_implementation")}
+
+
+def model_options(mp: dict, trust: bool) -> dict:
+    """load_model_and_tokenizer's keyword arguments for a fine-tune: load_options, QLoRA's 4-bit base (a training
+    choice: embed and evaluate read the weights at torch_dtype), and each rank onto its own GPU (not all onto cuda:0
+    before the trainer moves them)."""
+    import os
+
+    import torch
+
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    return {"device": device, **load_options(mp), "quantization": mp.get("quantization"), "trust_remote_code": trust}

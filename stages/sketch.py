@@ -17,7 +17,7 @@ from infosift.models import load_model_and_tokenizer
 from infosift.plots import alignment_heatmap
 from infosift.sketch import alignment_matrix, rank_sources, sketch_corpus
 from stages._common import StageError, atomic_output, check_keys, check_param, params, run
-from stages.model import base_model_dir
+from stages.model import base_model_dir, load_options, model_params
 
 OUT = Path("results/sketch")
 MT_BENCH = Path("data/mt_bench/sketch")  # fetch_mt_bench@sketch's copy
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
     corpora = {"target": p["target"], **p["sources"]}
     records = {name: _records(path, max_records, seed) for name, path in corpora.items()}  # all read: then the model
     model_dir, trust = base_model_dir()
-    model, tok = load_model_and_tokenizer(model_dir, trust_remote_code=trust)
+    model, tok = load_model_and_tokenizer(model_dir, trust_remote_code=trust, **load_options(model_params()))
     sigs = {}
     for name, recs in records.items():
         try:

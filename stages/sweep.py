@@ -26,8 +26,8 @@ from infosift.plots import lr_sweep_plot
 from infosift.steps import check_step_floor
 from infosift.train import DEFAULT_ARGS, finetune
 from stages._common import StageError, atomic_output, check_items, check_keys, check_param, params, run
-from stages.finetune import checked_finetune_params, model_options, train_config
-from stages.model import base_model_dir, model_params
+from stages.finetune import checked_finetune_params, train_config
+from stages.model import base_model_dir, load_options, model_options, model_params
 
 OUT = Path("results/sweep")
 CACHE = Path(".cache/sweep")  # one JSON per finished trial, keyed by everything that made it
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
             del model
             nll = heldout_nll(str(Path(tmp) / "model"), validation, max_length=int(ev.get("max_length", 512)),
                               batch_size=int(ev.get("batch_size", 8)), device=ev.get("device"),
-                              trust_remote_code=trust)  # fmt: skip
+                              trust_remote_code=trust, model_kwargs=load_options(mp))  # fmt: skip
         print(f"sweep: lr {lr:g} seed {seed}: {res.steps} steps, validation NLL {nll['nll_per_token']:.4f}",
               flush=True)  # fmt: skip
         return Trial(lr, seed, float(nll["nll_per_token"]), res.steps)

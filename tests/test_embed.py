@@ -58,6 +58,24 @@ def test_response_features_match_unbatched_forward(tiny_model_dir, gsm_records, 
     assert [p.name for p in tmp_path.iterdir()] == ["feats"]  # no temp dirs left behind
 
 
+def test_meta_counts_the_conversations_max_length_cut(tiny_model_dir, gsm_records, tmp_path):
+    """n_truncated and n_emptied, summed over shards, as held-out NLL and finetune count them."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = gsm_records[:12]
+    whole = [len(encode_pair(tok, r["prompt"], r["response"]).input_ids) for r in records]
+    max_length = min(whole)  # the longer ones lose their tail
+    long = {**records[0], "id": "long", "prompt": " ".join([records[0]["prompt"]] * 6)}  # its question fills it
+    assert len(encode_pair(tok, long["prompt"], "").input_ids) > max_length
+    embed_records(
+        tiny_model_dir, [*records, long], tmp_path / "f", **{**SMALL, "shard_size": 4, "max_length": max_length}
+    )
+    meta = json.loads((tmp_path / "f" / "meta.json").read_text())
+    assert meta["n_truncated"] == sum(n > max_length for n in whole) + 1 and meta["n_truncated"] > 2
+    assert meta["n_emptied"] == 1
+
+
 @pytest.mark.parametrize("part", ["prompt", "all"])
 def test_prompt_and_all_parts(tiny_model_dir, gsm_records, tmp_path, part):
     records = gsm_records[:12]

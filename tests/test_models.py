@@ -137,6 +137,23 @@ def test_fingerprint_tracks_weights_not_location(tiny_model_dir, tmp_path):
     assert model_fingerprint(other) != model_fingerprint(tiny_model_dir)
 
 
+def test_fingerprint_reads_a_file_again_only_when_it_changed(tiny_model_dir, tmp_path, monkeypatch):
+    """A base that every matrix item names is hashed once: a second fingerprint of unchanged files reads none of them
+    (cached_sha256 remembers them by path, size and mtime); a changed file is read again, and only it."""
+    model, cache, reads = shutil.copytree(tiny_model_dir, tmp_path / "m"), tmp_path / "cache", []
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda path: reads.append(path.name) or real(path))
+    first = model_fingerprint(model, cache)
+    assert sorted(reads) == sorted(p.name for p in model.iterdir() if p.suffix != ".md")
+    reads.clear()
+    assert model_fingerprint(model, cache) == first and reads == []
+    config = model / "config.json"
+    config.write_text(config.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 3'))
+    changed = model_fingerprint(model, cache)
+    assert reads == ["config.json"] and changed != first
+    assert changed == model_fingerprint(model)  # the digests it kept are the files' own
+
+
 def test_load_sets_pad_token_and_eval(tiny_model_dir, tmp_path):
     model_dir = shutil.copytree(tiny_model_dir, tmp_path / "nopad")
     cfg = json.loads((model_dir / "tokenizer_config.json").read_text())

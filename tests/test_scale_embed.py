@@ -80,11 +80,11 @@ def dying_actor(marker: Path) -> type:
             super().__init__(partial, embedder)
             real = embed._write_shard
 
-            def write_then_die(partial, name, key, feats, scores):
+            def write_then_die(partial, name, key, feats, scores, *rest):
                 try:  # the first writer to claim the marker dies; every later one writes normally
                     os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 except FileExistsError:
-                    return real(partial, name, key, feats, scores)
+                    return real(partial, name, key, feats, scores, *rest)
                 marker.write_text(name)
                 with embed.atomic_output(partial / name) as tmp:
                     feats.save(tmp)  # half a shard on disk, under its temporary name

@@ -215,6 +215,10 @@ def test_select_rejects_bad_params(tmp_path, seeds, unit, message):
         ({"num_train_epochs": 1, "lr_scheduler_type": "sometimes"}, "finetune: trainer arguments:"),
         ({"sed": 1}, "unknown trainer argument 'sed'"),
         ({"output_dir": "elsewhere"}, "'output_dir' is set by infosift"),
+        # the trainer's MLflow callback would open a second run per variant beside infosift's own
+        ({"report_to": "mlflow"}, "finetune.train.report_to: 'mlflow' would open a second MLflow run per variant"),
+        ({"report_to": ["tensorboard", "mlflow"]}, "finetune.train.report_to: ['tensorboard', 'mlflow'] would"),
+        ({"report_to": "all"}, "finetune.train.report_to: 'all' would open a second MLflow run"),
     ],
 )
 def test_finetune_rejects_bad_train_params(tmp_path, train, message):
@@ -829,6 +833,38 @@ def test_finetune_reads_its_selection_and_pool_checked(monkeypatch, tmp_path, ca
     line = one_error_line(monkeypatch, capsys, main, ["random", "5", "0", "nll"])
     assert message in line, line
     assert not (cwd / "models").exists() and not (cwd / "results/finetune").exists()
+
+
+def test_an_unreachable_ray_address_fails_finetune_before_any_output_or_mlflow_run(
+    monkeypatch, tmp_path, capsys, tiny_model_dir
+):
+    """A selection and pool that would train: the address is the one thing wrong, and nothing is begun for it."""
+    import time
+
+    from stages._common import EXIT_TRANSIENT, run
+    from stages.finetune import main
+    from tests.test_finetune_processes import workspace
+    from tests.test_tracking import closed_port
+
+    ws = workspace(tmp_path, tiny_model_dir, processes=1, batch=4)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    address = f"127.0.0.1:{closed_port()}"
+    params["finetune"].update(engine="ray", ray={"address": address, "num_workers": 2})
+    params["compare"] = {"mlflow": True}  # the default: a live run would open in ws/mlflow.db
+    in_workspace(monkeypatch, ws, params)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(sys, "argv", ["stage", "random", "16", "0", "nll"])
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        run(main)
+    assert time.monotonic() - start < 10
+    assert exit_.value.code == EXIT_TRANSIENT  # refused now; a rerun may find the cluster up
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: params.yaml finetune.ray.address: cannot reach Ray at {address}"
+    )
+    assert not (ws / "models").exists() and not (ws / "results/finetune").exists()
+    assert not (ws / "mlflow.db").exists() and not (ws / ".cache").exists()
 
 
 def test_lora_target_modules_the_model_lacks_is_one_error_naming_lora():

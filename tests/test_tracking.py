@@ -24,6 +24,7 @@ from infosift.tracking import (
     download_datasets,
     dvc_lock_hashes,
     lineage_tags,
+    log_pipeline,
     numeric,
     pick_champion,
     registered_model_name,
@@ -90,6 +91,24 @@ def test_variant_run_carries_params_lineage_tags_and_artifacts(tree):
         "fishersft-4-s0", "results/select/fishersft-4/seed-0/manifest.json", "manifest-hash", "train", "selection"
     )
     assert run.datasets == [selection]
+
+
+def test_a_variant_run_in_mlflow_names_the_base_its_model_was_trained_from(tree):
+    """Lineage of a fine-tune's base (tracking.base_tags), read back from a SQLite store under tmp."""
+    from mlflow import MlflowClient
+
+    provenance = {"manifest_hash": "manifest-hash", "base_fingerprint": "f" * 64, "base_model": "/models/base"}
+    write(tree, "models/fishersft-4-s0-nll/infosift.json", json.dumps(provenance))
+    manifest = tree / "results/select/fishersft-4/seed-0/manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "ids": ["a"], "indices": [0]}))  # logged too
+    uri = f"sqlite:///{tree / 'mlflow.db'}"
+    run = variant_run(ROW, "fishersft-4", LOCK, {}, log_models=False, root=tree)
+    logged = log_pipeline("pipeline", {}, {}, [run], {}, experiment="exp", root=tree, uri=uri)
+    client = MlflowClient(uri)
+    (nested,) = client.search_runs([logged.experiment_id], f"tags.mlflow.parentRunId = '{logged.run_id}'")
+    assert nested.data.tags["infosift.base_fingerprint"] == "f" * 64
+    assert nested.data.tags["infosift.base_model"] == "/models/base"
+    assert nested.data.tags["infosift.train_key"] == content_hash(provenance)
 
 
 def test_optional_artifacts_follow_what_exists(tree):

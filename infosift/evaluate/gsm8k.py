@@ -18,7 +18,7 @@ import yaml
 from infosift.atomic import atomic_write_text
 from infosift.data import write_jsonl
 from infosift.device import pick_device
-from infosift.models import adapter_base
+from infosift.models import adapter_base, resolve_dtype
 
 TASK_NAME = "infosift_gsm8k_local"
 
@@ -182,23 +182,32 @@ def gsm8k_lm_eval(
     apply_chat_template: bool = True,
     train_path: str | None = None,
     trust_remote_code: bool = False,
+    model_kwargs: dict | None = None,
+    base_dir: str | None = None,
 ) -> dict:
     """GSM8K exact_match (strict and flexible) of the HF model in model_dir, greedy decoding.
 
     train_path only feeds few-shot examples; without it the test file stands in, which is
     only allowed zero-shot (few-shot from the test split would leak answers).
-    ``trust_remote_code`` is handed to lm-eval's HF loader (a model with custom code needs it).
+    ``trust_remote_code`` is handed to lm-eval's HF loader (a model with custom code needs it), and so are
+    ``model_kwargs`` (dtype, attn_implementation: stages.model.load_options; the dtype as resolve_dtype reads it,
+    so ``auto`` is float32 on CPU and bf16 on CUDA, as for every other load) and an adapter's checked ``base_dir``.
     """
     if num_fewshot > 0 and train_path is None:
         raise ValueError("num_fewshot > 0 needs train_path (few-shot examples must not come from the test split)")
     config = task_config(test_path, train_path or test_path, max_gen_toks, num_fewshot)
     device = pick_device(device)
     base = adapter_base(model_dir)  # a LoRA adapter dir: lm-eval loads its base and puts the adapter on top
+    if base is not None and base_dir is not None:
+        base = Path(base_dir)
+    opts = model_kwargs or {}
     model_args = {
         "pretrained": str(base or model_dir),
-        "dtype": "float32" if device == "cpu" else "auto",
+        "dtype": str(resolve_dtype(opts.get("dtype") or "auto", device)).removeprefix("torch."),
         "trust_remote_code": trust_remote_code,
     }
+    if opts.get("attn_implementation"):
+        model_args["attn_implementation"] = opts["attn_implementation"]
     if base is not None:
         model_args.update(peft=str(model_dir), tokenizer=str(model_dir))
     results = run_gsm8k_task(

@@ -14,12 +14,18 @@ from infosift.device import pick_device
 
 
 def load_causal_lm(
-    model_dir: str, device: str | None = None, dtype: torch.dtype | None = None, trust_remote_code: bool = False
+    model_dir: str,
+    device: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    **load,
 ):
     """(model in eval mode on device, tokenizer), loaded through infosift.models.load_model_and_tokenizer.
 
     ``dtype=None`` is the generation default: float32 on CPU (bf16 matmuls are slow there), bfloat16 on
-    CUDA (greedy decoding, lm-eval and the judge only need the argmax, and bf16 halves the memory).
+    CUDA (greedy decoding, lm-eval and the judge only need the argmax, and bf16 halves the memory); a name
+    (params.yaml model.torch_dtype, ``auto`` the same default) is resolve_dtype's. ``load``: the rest of
+    load_model_and_tokenizer's arguments a stage sets (attn_implementation, an adapter's base_dir).
     Scoring must pass ``torch.float32``: a short fine-tune moves weights by ~1e-4, a fraction of bf16's
     spacing, so bf16 rounds most of it away and shrinks the differences between fine-tunes.
     ``trust_remote_code``: the same consent finetune was given, so a model with custom code can be evaluated.
@@ -29,7 +35,7 @@ def load_causal_lm(
     device = pick_device(device)
     if dtype is None:
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    return load_model_and_tokenizer(model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return load_model_and_tokenizer(model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **load)
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

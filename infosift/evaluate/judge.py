@@ -79,8 +79,11 @@ class LocalJudge:
         batch_size: int = 4,
         device: str | None = None,
         trust_remote_code: bool = False,
+        model_kwargs: dict | None = None,
     ):
-        self.model, self.tokenizer = load_causal_lm(model_dir, device, trust_remote_code=trust_remote_code)
+        self.model, self.tokenizer = load_causal_lm(
+            model_dir, device, trust_remote_code=trust_remote_code, **(model_kwargs or {})
+        )
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.replies: list[str] = []  # kept so a person can read why a score came out as it did
 
@@ -111,6 +114,7 @@ class JudgeSettings:
     batch_size: int = 4
     device: str | None = None
     trust_remote_code: bool = False
+    model_kwargs: dict | None = None  # how models load (dtype, attn_implementation), for a local judge too
 
 
 class BatchJudge:
@@ -169,7 +173,7 @@ def local_judge(settings: JudgeSettings) -> BatchJudge:
 
     def score(items: list[Item]) -> tuple[list[float | None], list[str]]:
         s = settings
-        judge = LocalJudge(s.model_dir, s.max_new_tokens, s.batch_size, s.device, s.trust_remote_code)
+        judge = LocalJudge(s.model_dir, s.max_new_tokens, s.batch_size, s.device, s.trust_remote_code, s.model_kwargs)
         return judge.judge_many([i.prompt for i in items]), judge.replies
 
     return BatchJudge(f"local:{settings.model_dir}", score)
@@ -224,6 +228,8 @@ def mt_bench_judged(
     device: str | None = None,
     out_dir: str | None = None,
     trust_remote_code: bool = False,
+    model_kwargs: dict | None = None,
+    base_dir: str | None = None,
 ) -> dict:
     """Answer `limit` MT-Bench first turns (spread over categories) with model_dir, then score every answer.
 
@@ -231,14 +237,16 @@ def mt_bench_judged(
     OpenAI-compatible server, judge_options base_url, model, api_key_env, cache_dir) or a callable.
     The overlap score is always reported too, on the questions that have a GPT-4 reference.
     The three paths are infosift.data.mt_bench_files(mirror_dir); ``trust_remote_code`` covers both the
-    answering model and a local judge.
+    answering model and a local judge, and so do ``model_kwargs`` (dtype, attn_implementation:
+    stages.model.load_options); ``base_dir`` is the answering adapter's checked base (load_model_and_tokenizer).
     """
-    settings = JudgeSettings(judge_model_dir, judge_max_new_tokens, batch_size, device, trust_remote_code)
+    settings = JudgeSettings(judge_model_dir, judge_max_new_tokens, batch_size, device, trust_remote_code, model_kwargs)
     batch_judge = get_judge(judge, settings, **(judge_options or {}))
     bench = read_mt_bench(MTBenchFiles(Path(questions_path), Path(reference_path), Path(judge_prompts_path)))
     questions, refs, templates = spread_over_categories(bench.questions, limit), bench.references, bench.templates
 
-    model, tokenizer = load_causal_lm(model_dir, device, trust_remote_code=trust_remote_code)
+    load = {**(model_kwargs or {}), "base_dir": base_dir}
+    model, tokenizer = load_causal_lm(model_dir, device, trust_remote_code=trust_remote_code, **load)
     answers = greedy_chat(model, tokenizer, [q["turns"][0] for q in questions], max_new_tokens, batch_size, "answer")
     del model
 

@@ -8,9 +8,10 @@ and user turns are given, not learned. Pooling over tokens (not a mean of per-ex
 means) weights long answers by their length, exactly as the SFT loss does. Per-example sums are
 returned too, so that two models can be compared example by example (paired intervals).
 
-Scoring is always float32 (weights, activations and matmuls): a short fine-tune at lr 2e-5 moves
-each weight by ~1e-4, below bf16's spacing for most weights and TF32's for many, so scoring in
-either rounds much of the fine-tune away and narrows the gap between different fine-tunes.
+Scoring is float32 (weights, activations and matmuls) unless model.torch_dtype names a narrower type
+(``auto`` keeps float32 here): a short fine-tune at lr 2e-5 moves each weight by ~1e-4, below bf16's
+spacing for most weights and TF32's for many, so scoring in either rounds much of the fine-tune away and
+narrows the gap between different fine-tunes. bfloat16 is for a model whose float32 weights do not fit.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def heldout_nll(
     device: str | None = None,
     trust_remote_code: bool = False,
     answer_pattern: str | None = None,
+    model_kwargs: dict | None = None,
+    base_dir: str | None = None,
 ) -> dict:
     """-log p of the assistant tokens of `records` (whole conversations), pooled and per example.
 
@@ -80,10 +83,16 @@ def heldout_nll(
     {id, nll_sum, n_tokens} belongs to records[i]. max_length keeps the head of each conversation
     (infosift.chat): n_truncated examples lost their tail, n_emptied of them every assistant token (their
     n_tokens is 0: not scored, but counted).
+
+    ``model_kwargs``: how to load the model (dtype, attn_implementation: stages.model.load_options; dtype None or
+    ``auto`` is float32, see the module doc); ``base_dir``: the checked base of an adapter (load_model_and_tokenizer).
     """
     if not records:
         raise ValueError("heldout_nll needs at least one record")
-    model, tokenizer = load_causal_lm(model_dir, device, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    load = {**(model_kwargs or {}), "base_dir": base_dir}
+    if load.get("dtype") in (None, "auto"):
+        load["dtype"] = torch.float32
+    model, tokenizer = load_causal_lm(model_dir, device, trust_remote_code=trust_remote_code, **load)
     device_type = model.device.type
     pad_id = pad_id_of(tokenizer)
     encoded = [encode_record(tokenizer, r, max_length) for r in records]

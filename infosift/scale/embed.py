@@ -75,6 +75,7 @@ def embed_shards_ray(
     trust_remote_code: bool = False,
     project_dim: int | None = None,
     project_seed: int = 0,
+    model_kwargs: dict | None = None,
     actors: int = 2,
     num_gpus_per_actor: float = 0,
     progress: bool = True,
@@ -117,6 +118,7 @@ def embed_shards_ray(
         "project_dim": project_dim,
         "project_seed": project_seed,
         "fingerprint": model_fingerprint(model_dir),  # hashed once here, not once per actor
+        "model_kwargs": model_kwargs,
     }
     keep = ("id", "prompt", "response")
     rows = [

@@ -24,8 +24,9 @@ def records(n: int = 24) -> list[dict]:
             for i, r in enumerate(gsm_rows(n, seed=3))]  # fmt: skip
 
 
-def hold_at(step: int, ckpt: Path):
-    """A callback that parks the run after the checkpoint of `step` is saved: the kill lands at that step."""
+def hold_at(step: int):
+    """A callback that parks the run after the checkpoint of `step` is saved, writing `held` into the checkpoint dir
+    (the trainer's output_dir) first: the kill lands at that step. The finetune stage's resume test injects it too."""
     import time
 
     from transformers import TrainerCallback
@@ -33,7 +34,7 @@ def hold_at(step: int, ckpt: Path):
     class Hold(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.global_step == step:
-                (ckpt / "held").write_text(str(step))
+                (Path(args.output_dir) / "held").write_text(str(step))
                 time.sleep(600)
 
     return Hold()
@@ -43,7 +44,7 @@ def main(out: str, ckpt: str, batch: int, accum: int, steps: int = 6) -> None:
     from infosift.train import TrainConfig, finetune
 
     hold = os.environ.get("TRAIN_TINY_HOLD_AT")
-    callbacks = [hold_at(int(hold), Path(ckpt))] if hold else None
+    callbacks = [hold_at(int(hold))] if hold else None
 
     tok = build_tokenizer()
     model = build_model(len(tok), seed=0)
