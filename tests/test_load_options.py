@@ -69,7 +69,7 @@ def test_evaluate_loads_every_model_in_model_torch_dtype(monkeypatch, tmp_path, 
                 "mt_bench": {"limit": 1, "judge": "local", "max_new_tokens": 2, "batch_size": 1}}  # fmt: skip
     ws = workspace(monkeypatch, tmp_path, tiny_model_dir, {"evaluate": evaluate})
     write_jsonl(ws / "data/download/test.jsonl", records(2))
-    shutil.copytree(f"{mt_files['mirror']}/mt_bench", ws / "data/mt_bench")
+    shutil.copytree(f"{mt_files['mirror']}/mt_bench", ws / "data/mt_bench/evaluate")
     main(["base"])
     assert len(loads) == 4
     assert set(loads) == {(torch.bfloat16, "eager")}
