@@ -7,7 +7,7 @@ random weights: same layers, same width, same tokenizer, same sequences.
 
     python bench/stage_speed.py --model-dir .cache/models/bundled-smollm2-135m-instruct-<hash>
     python bench/stage_speed.py --config-dir DIR    # DIR: config.json + tokenizer files, random weights
-    python -m bench.stage_speed --model-dir DIR --trainer-vs-loop   # loop | Trainer | Trainer + checkpointing
+    python bench/stage_speed.py --model-dir DIR --trainer-vs-loop   # loop | Trainer | Trainer + checkpointing
 
 Each fine-tune of --trainer-vs-loop runs in a process of its own, so that its peak memory (ru_maxrss on CPU,
 torch.cuda.max_memory_allocated on CUDA) is its own.
@@ -78,7 +78,7 @@ def train_speed(
 ) -> float:
     """Training tokens/s of one epoch (AdamW, cosine, lr 2e-5) in ``mode``: the reference loop, the Trainer, or
     the Trainer with gradient checkpointing. bf16 on CUDA (autocast in the loop, bf16=True in the Trainer)."""
-    from bench.reference_loop import reference_finetune
+    from reference_loop import reference_finetune  # bench/, beside this file
 
     model, tok = load_model_and_tokenizer(model_dir, device=device, dtype="float32")
     cuda = device.startswith("cuda")
@@ -117,7 +117,7 @@ def trainer_vs_loop(args, model_dir: Path) -> None:
     rows = {}
     for device in args.devices:
         for mode in MODES:
-            cmd = [sys.executable, "-m", "bench.stage_speed", "--model-dir", str(model_dir), "--data", str(args.data),
+            cmd = [sys.executable, __file__, "--model-dir", str(model_dir), "--data", str(args.data),
                    "--worker", mode, "--devices", device, "--n-train", str(args.n_train[0]),
                    "--max-length", str(args.max_length)]  # fmt: skip
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
