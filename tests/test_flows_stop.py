@@ -189,7 +189,7 @@ def flow_workspace(tmp_path: Path, stages: dict, files: dict[str, str], params: 
     subprocess.run(["cp", "-r", str(ROOT / "flows"), str(repo / "flows")], check=True)
     for name, text in files.items():
         (repo / name).write_text(text)
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))  # in the order given
     (repo / "params.yaml").write_text(params)
     assert subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo).returncode == 0
     return repo, run_env(tmp_path)
