@@ -4,7 +4,10 @@ Each command (`dvc repro`, `dvc exp run`, a matrix item) runs in a process group
 under it and whatever the stage starts are one unit. On SIGTERM or SIGINT the flow forwards that signal to every
 group it runs, gives them ``grace_s`` to end (a stage writes through atomic_output: an interrupted one leaves
 nothing DVC would take as finished), then SIGKILLs what is left, and exits 128 + the signal (143, 130). A second
-signal skips the grace. Nothing here imports Prefect at module level: flows.evidence runs without it.
+signal skips the grace. A Ray worker's group is recorded under the workspace, so the driver stops what a cancelled
+worker could not. If the temporary Prefect API's server dies mid-run, the run says so in one line, stops its groups
+and exits 1 at once (`lose_api`) instead of retrying every call for minutes. Nothing here imports Prefect at module
+level: flows.evidence runs without it.
 
 Retries: a stage ends with its own exit code (infosift/errors.py): EXIT_BAD_INPUT (bad params, data, files) fails
 the same way again and is not retried; EXIT_TRANSIENT (network, timeout, memory) and a kill by a signal (the
