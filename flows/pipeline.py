@@ -33,21 +33,13 @@ from prefect.cache_policies import NONE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from flows import supervise  # noqa: E402
-from flows._dvc import ROOT, FlowError, stream  # noqa: E402
+from flows._dvc import ROOT, FlowError, failed, heals, stream  # noqa: E402
 from flows.preflight import check_config  # noqa: E402
 
 # what the compare stage writes (its outs in dvc.yaml; a test holds this) and the flow publishes as artifacts
 COMPARE_DIR = Path("results/compare")
 COMPARE_MARKDOWN = {"compare-table": "table.md", "selection-evidence": "evidence.md"}
 COMPARE_VERDICTS = "evidence.csv"
-
-
-class StageFailed(FlowError):
-    """A stage's command failed; ``failure`` says why and whether a retry may heal it."""
-
-    def __init__(self, message: str, failure: supervise.Failure) -> None:
-        super().__init__(message)
-        self.failure = failure
 
 
 def flow_policy() -> supervise.Policy:
@@ -97,12 +89,6 @@ def pipeline_env() -> dict:
     return {**os.environ, "INFOSIFT_PIPELINE_RUN": str(flow_run.get_id() or "")}
 
 
-def heals(task, task_run, state) -> bool:
-    """Prefect's retry condition: only a failure that may heal is retried (a stage's own `error:` is not)."""
-    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return isinstance(exc, StageFailed) and exc.failure.transient
-
-
 @task(retries=2, retry_delay_seconds=30, retry_condition_fn=heals, cache_policy=NONE, task_run_name="dvc repro {stage}")
 def dvc_repro(stage: str, force: bool = False) -> None:
     """Run one stage (all items of a matrix stage) and stream its output into the Prefect log.
@@ -110,16 +96,10 @@ def dvc_repro(stage: str, force: bool = False) -> None:
     On failure the log says whether it is retried and why (supervise.classify).
     """
     cmd = ["dvc", "repro", stage] + (["--force", "--single-item"] if force else [])
-    logger = get_run_logger()
-    logger.info("$ %s", " ".join(cmd))
+    get_run_logger().info("$ %s", " ".join(cmd))
     code, tail = stream(cmd, ROOT, pipeline_env())
     if code != 0:
-        failure = supervise.classify(code, tail)
-        then = (
-            "may heal, retried while retries remain (params.yaml flow.retries)" if failure.transient else "not retried"
-        )
-        logger.warning("dvc repro %s: %s; %s", stage, failure.why, then)
-        raise StageFailed(f"dvc repro {stage} failed with exit code {code}: {failure.why}", failure)
+        raise failed(f"dvc repro {stage}", code, supervise.classify(code, tail))
 
 
 @task(cache_policy=NONE, task_run_name="dvc status")
@@ -237,7 +217,8 @@ def pipeline(
         for stage in stages:
             if stage in PARALLEL_STAGES:
                 workers = cluster_env()  # what the Ray workers need of this shell
-                fan_out(stage, ray_address, force=force, cpus=cpus_per_item, gpus=gpus_per_item, root=ROOT, env=workers)
+                fan_out(stage, ray_address, force=force, cpus=cpus_per_item, gpus=gpus_per_item, root=ROOT, env=workers,
+                        policy=policy)  # fmt: skip
             else:
                 repro(stage, force=force)
     else:
@@ -328,12 +309,11 @@ def guarded(run, ray_address: str | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except httpx.HTTPError as e:  # the server went away during the run
-        from prefect.settings import get_current_settings
-
         if signum := supervise.stopped():  # a stop that reached the temporary API too: the stop is what happened
             raise supervise.Stopped(signum) from None
-
-        print(f"error: PREFECT_API_URL {get_current_settings().api.url}: lost the Prefect API ({e})", file=sys.stderr)
+        url = ", ".join(supervise.api_urls()) or "(none)"
+        print(f"error: the Prefect API at {url} is gone ({e}); the next run resumes from the last finished stage",
+              file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
@@ -379,10 +359,11 @@ def stoppable(run) -> int:
             code = run()
     except supervise.Stopped as e:
         signum = e.signum
-    except Exception:
+    except BaseException:
         if (signum := supervise.stopped()) is None:
             raise
-        # else an error on the way out of the stop (the API went with the signal): the stop is what happened
+        # else the stop as another exception (Ray's ray.get turns it into a plain KeyboardInterrupt), or an error
+        # on the way out of it (the API went with the signal): the stop is what happened
     else:
         if (signum := supervise.stopped()) is None:
             return code

@@ -4,7 +4,10 @@ Each command (`dvc repro`, `dvc exp run`, a matrix item) runs in a process group
 under it and whatever the stage starts are one unit. On SIGTERM or SIGINT the flow forwards that signal to every
 group it runs, gives them ``grace_s`` to end (a stage writes through atomic_output: an interrupted one leaves
 nothing DVC would take as finished), then SIGKILLs what is left, and exits 128 + the signal (143, 130). A second
-signal skips the grace. Nothing here imports Prefect at module level: flows.evidence runs without it.
+signal skips the grace. A Ray worker's group is recorded under the workspace, so the driver stops what a cancelled
+worker could not. If the temporary Prefect API's server dies mid-run, the run says so in one line, stops its groups
+and exits 1 at once (`lose_api`) instead of retrying every call for minutes. Nothing here imports Prefect at module
+level: flows.evidence runs without it.
 
 Retries: a stage ends with its own exit code (infosift/errors.py): EXIT_BAD_INPUT (bad params, data, files) fails
 the same way again and is not retried; EXIT_TRANSIENT (network, timeout, memory) and a kill by a signal (the
@@ -15,8 +18,10 @@ a rerun repeats. DVC reports the stage's code as "exited with N".
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -125,6 +130,8 @@ class _Supervisor:
         self.grace_s = Policy.stop_grace_s
         self.installed = False
         self.flow_ran = False  # a flow body started: the Prefect API was there, and may be gone at exit
+        self.closing = False  # the run is ending without the main thread (the Prefect API was lost)
+        self.records: set[Path] = set()  # folders where other processes record the groups they run for this run
 
     def forward(self, signum: int) -> None:
         with self.lock:
@@ -143,16 +150,20 @@ def _killpg(pgid: int, signum: int) -> None:
         pass
 
 
-def _group_alive(proc: subprocess.Popen) -> bool:
-    """Whether any process of ``proc``'s group is left (the leader reaped first: a zombie counts as gone)."""
-    proc.poll()
+def _pgid_alive(pgid: int) -> bool:
     try:
-        os.killpg(proc.pid, 0)
+        os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process of ``proc``'s group is left (the leader reaped first: a zombie counts as gone)."""
+    proc.poll()
+    return _pgid_alive(proc.pid)
 
 
 def stop_group(proc: subprocess.Popen, signum: int = signal.SIGTERM, grace_s: float | None = None) -> None:
@@ -171,50 +182,136 @@ def stop_group(proc: subprocess.Popen, signum: int = signal.SIGTERM, grace_s: fl
                 time.sleep(0.02)
 
 
-def stream(cmd: list[str] | str, cwd: Path, env: dict, emit: Callable[[str], None]) -> tuple[int, list[str]]:
+def stream(
+    cmd: list[str] | str, cwd: Path, env: dict, emit: Callable[[str], None], record: Path | None = None
+) -> tuple[int, list[str]]:
     """Run ``cmd`` in a process group of its own, hand each output line to ``emit``; its exit code and last lines.
 
     If anything interrupts the wait (a stop, a cancelled task), the group gets the signal that stopped the run
-    (SIGTERM otherwise), its grace, then SIGKILL, before the interruption goes on: nothing is left running.
+    (SIGTERM otherwise), its grace, then SIGKILL, before the interruption goes on: nothing is left running. The
+    pipe is read in a thread and this one waits in short steps: a Ray cancel (an interrupt with no signal behind
+    it) is only seen between steps, never inside a blocking read. ``record``: a folder where the group's id is
+    kept while it runs (``stop_recorded``), for a process that did not start it (the Ray driver) to stop it.
     """
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        shell=isinstance(cmd, str),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    with _sup.lock:
-        _sup.groups[proc.pid] = proc
+    with _sup.lock:  # no new group once the run is closing (`lose_api` takes its list of groups under this lock)
+        closing = _sup.closing
+        if not closing:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env,
+                shell=isinstance(cmd, str),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+            )
+            _sup.groups[proc.pid] = proc
+    if closing:
+        _park()
+    mark = record / f"{socket.gethostname()}-{proc.pid}" if record is not None else None
     tail: deque[str] = deque(maxlen=40)
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    reader = threading.Thread(target=_pump, args=(proc, lines), name=f"stream-{proc.pid}", daemon=True)
+    reader.start()
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        if mark is not None:
+            mark.parent.mkdir(parents=True, exist_ok=True)
+            mark.write_text(" ".join(cmd) if isinstance(cmd, list) else cmd)
+        while (line := _next_line(lines)) is not None:
             line = line.rstrip()
-            if line and "\r" not in line:  # progress-bar redraws are for terminals
+            if line and "\r" not in line and not _sup.closing:  # progress-bar redraws are for terminals
                 tail.append(line)
                 emit(line)
-        return proc.wait(), list(tail)
+        while (code := proc.poll()) is None:
+            time.sleep(0.05)
+        if _sup.closing:  # the run is ending without this thread (closing): no retry, no more output
+            _park()
+        return code, list(tail)
     except BaseException:
         stop_group(proc, _sup.signum or signal.SIGTERM)
         raise
     finally:
         with _sup.lock:
             _sup.groups.pop(proc.pid, None)
-        if proc.stdout is not None:
+        if mark is not None:
+            mark.unlink(missing_ok=True)
+        reader.join(timeout=1)
+        if not reader.is_alive() and proc.stdout is not None:  # else a process outside the group holds the pipe
             proc.stdout.close()
 
 
+def _pump(proc: subprocess.Popen, lines: queue.SimpleQueue) -> None:
+    """Copy ``proc``'s output into ``lines``, then None at its end."""
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+    except (OSError, ValueError):  # the pipe closed under the read
+        pass
+    finally:
+        lines.put(None)
+
+
+def _next_line(lines: queue.SimpleQueue) -> str | None:
+    """The next line, waiting in steps of 0.2 s (each one a chance for a pending interrupt to be raised)."""
+    while True:
+        try:
+            return lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+
+
+def _park() -> None:
+    """Wait for the end of the process that `closing` is bringing about (a signal still interrupts this)."""
+    while True:
+        time.sleep(1)
+
+
+def stop_recorded(record: Path, signum: int | None = None, grace_s: float | None = None) -> None:
+    """Stop the groups that `stream` recorded in ``record`` on this host (started by other processes of the run,
+    as Ray workers): ``signum`` (the stop's, else SIGTERM), ``grace_s``, then SIGKILL. A group whose record is
+    gone has ended; groups on other hosts are their own worker's to stop."""
+    signum = signum or _sup.signum or signal.SIGTERM
+    grace_s = _sup.grace_s if grace_s is None else grace_s
+    marks = list(record.glob(f"{socket.gethostname()}-*")) if record.is_dir() else []
+    groups = {int(m.name.rsplit("-", 1)[1]): m for m in marks if m.name.rsplit("-", 1)[1].isdigit()}
+
+    def alive() -> list[int]:
+        return [g for g, m in groups.items() if m.exists() and _pgid_alive(g)]
+
+    for pgid in alive():
+        _killpg(pgid, signum)
+    deadline = time.monotonic() + grace_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pgid in alive():
+        _killpg(pgid, signal.SIGKILL)
+
+
 def stop_all() -> None:
-    """Stop every group still running (after a stop that landed outside `stream`): signal, grace, SIGKILL."""
+    """Stop every group still running (after a stop that landed outside `stream`), and those that Ray workers on
+    this host recorded for this run (`recording`): signal, grace, SIGKILL."""
     with _sup.lock:
-        procs = list(_sup.groups.values())
+        procs, records = list(_sup.groups.values()), list(_sup.records)
     for proc in procs:
         stop_group(proc, _sup.signum or signal.SIGTERM)
+    for record in records:
+        stop_recorded(record)
+
+
+@contextmanager
+def recording(record: Path) -> Iterator[Path]:
+    """While active, a stop of this process (or the loss of its Prefect API) also stops the groups recorded in
+    ``record`` (`stream`'s ``record``, written by the Ray workers that run this run's items)."""
+    with _sup.lock:
+        _sup.records.add(record)
+    try:
+        yield record
+    finally:
+        with _sup.lock:
+            _sup.records.discard(record)
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -223,6 +320,7 @@ def _on_signal(signum: int, frame: object) -> None:
         _sup.signum = signum
         _sup.forward(signum)
         _fail_fast_api()
+        _quiet_lost_api()  # Ctrl-C reaches the temporary API too: exit_process says so once, Prefect not at all
         raise Stopped(signum)
     _sup.forward(signal.SIGKILL)
     print(f"{signal.Signals(signum).name} again: stopping now", file=sys.stderr, flush=True)
@@ -254,9 +352,12 @@ def handling_signals(grace_s: float | None = None) -> Iterator[None]:
         _sup.grace_s = grace_s
     for s in SIGNALS:
         signal.signal(s, _on_signal)
+    watching = threading.Event()
+    threading.Thread(target=_watch_api, args=(watching,), name="prefect-api-watch", daemon=True).start()
     try:
         yield
     finally:
+        watching.set()
         try:
             stop_all()
         finally:
@@ -294,29 +395,89 @@ def stop_prefect_server() -> None:
 
 def _fail_fast_api() -> None:
     """No more retries of Prefect API calls in this process: after a stop, a gone API (Ctrl-C reaches the temporary
-    server too) would otherwise be retried with backoff for a minute per call. A live API answers the first try."""
+    server too) would otherwise be retried with backoff for a minute per call. A live API answers the first try.
+    Both the settings in force here and the process-wide ones: the stop may land inside a `temporary_settings`
+    (flows/parallel.py), and the calls made after it unwinds read the outer ones."""
     if "prefect.settings" in sys.modules:
         try:
-            sys.modules["prefect.settings"].get_current_settings().client.max_retries = 0
+            current = [sys.modules["prefect.settings"].get_current_settings()]
+            if (context := sys.modules.get("prefect.context")) is not None:
+                current.append(context.GLOBAL_SETTINGS_CONTEXT.settings)
+            for settings in current:
+                settings.client.max_retries = 0
         except Exception:  # a settings layout this Prefect does not have: only slower
             pass
 
 
 def _quiet_lost_api() -> None:
-    """Prefect's background senders (events, logs) print a failure per item once the API is gone; exit_process
-    says it once instead."""
+    """Prefect's background senders (events, logs) print a failure per item once the API is gone; the project
+    says it once instead. (Its log sender writes "--- Error logging to API ---" unless logging.raiseExceptions is
+    off.)"""
     import logging
 
     for name in ("prefect._internal", "prefect.events"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.raiseExceptions = False
+    for handler in logging.getLogger("prefect").handlers + logging.getLogger().handlers:
+        if _drop_lost_api not in handler.filters:
+            handler.addFilter(_drop_lost_api)
+
+
+def _drop_lost_api(record: object) -> bool:
+    """A logging filter: no record of a failure to reach the API (the engine's traceback of a state it could not
+    send on the way out of a stop)."""
+    import httpx
+
+    exc = getattr(record, "exc_info", None)
+    return not (exc and isinstance(exc[1], httpx.TransportError))
+
+
+def _watch_api(done: threading.Event, every_s: float = 1.0) -> None:
+    """Until ``done``: once a temporary Prefect API this process started has exited (killed, crashed) while no stop
+    is under way, end the run (`lose_api`). Its process is watched, not its answers: a busy server is not lost."""
+    while not done.wait(every_s):
+        try:
+            lost = [(s.api_url, code) for s in _temporary_servers() if (code := s.server_process.poll()) is not None]
+        except Exception:  # Prefect's objects in the middle of a change in another thread: look again
+            continue
+        # a Ctrl-C reaches the server with the flow: the main thread takes its signal when it next runs Python
+        if lost and not done.wait(2.0) and _sup.signum is None:
+            url, code = lost[0]
+            lose_api(url, f"its server {f'was killed by {_signal_name(code)}' if code < 0 else f'exited with {code}'}")
+            return
+
+
+def lose_api(url: str, why: str) -> None:
+    """The run's Prefect API is gone: say so in one line, stop the running groups (SIGTERM, the grace, SIGKILL)
+    and exit 1 now, from this thread. Prefect would otherwise retry every state change and log for minutes and
+    end in tracebacks. The main thread starts nothing more meanwhile (`stream` parks it); the next run resumes."""
+    with _sup.lock:
+        if _sup.closing or _sup.signum is not None:
+            return
+        _sup.closing = True
+    _quiet_lost_api()
+    print(f"error: the Prefect API at {url} is gone ({why}); stopping the run, the next run resumes from the last "
+          "finished stage", file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        stop_all()
+    finally:
+        _hard_exit(1)
 
 
 def _temporary_servers() -> list:
     """The temporary Prefect APIs this process started (none unless Prefect's server module is loaded)."""
-    server_mod = sys.modules.get("prefect.server.api.server")
-    if server_mod is None:
+    server_cls = getattr(sys.modules.get("prefect.server.api.server"), "SubprocessASGIServer", None)
+    if server_cls is None:  # not imported, or being imported in another thread
         return []
-    return [s for s in getattr(server_mod.SubprocessASGIServer, "_instances", {}).values() if s.server_process]
+    return [s for s in list(getattr(server_cls, "_instances", {}).values()) if s.server_process]
+
+
+def api_urls() -> list[str]:
+    """The Prefect API(s) this process uses: the temporary one it started, else PREFECT_API_URL's."""
+    urls = [s.api_url for s in _temporary_servers()]
+    if not urls and "prefect.settings" in sys.modules:
+        urls = [u for u in [sys.modules["prefect.settings"].get_current_settings().api.url] if u]
+    return urls
 
 
 def api_gone() -> bool:
@@ -326,10 +487,7 @@ def api_gone() -> bool:
     """
     import httpx
 
-    urls = [s.api_url for s in _temporary_servers()]
-    if not urls and "prefect.settings" in sys.modules:
-        urls = [u for u in [sys.modules["prefect.settings"].get_current_settings().api.url] if u]
-    for url in urls:
+    for url in api_urls():
         try:
             if httpx.get(f"{url.rstrip('/')}/health", timeout=1).status_code != 200:
                 return True

@@ -341,13 +341,16 @@ def test_serve_overrides_schedule_stages_and_force():
 
 
 PARALLEL_FINETUNE = """\
-import sys
+import os, signal, sys
 from pathlib import Path
 variant, log = sys.argv[1], sys.argv[2]
 with open(log, "a") as f:
     f.write(variant + "\\n")
-if Path(f"fail-{variant}").exists():
-    sys.exit(2)
+fail = Path(f"fail-{variant}")  # "CODE [N]": fail with CODE (kill: SIGKILL) on the first N runs (all if no N)
+if fail.exists():
+    code, times = (fail.read_text().split() + ["2", "1000"])[:2] if fail.read_text().strip() else ("2", "1000")
+    if Path(log).read_text().split().count(variant) <= int(times):
+        os.kill(os.getpid(), signal.SIGKILL) if code == "kill" else sys.exit(int(code))
 Path("models").mkdir(exist_ok=True)
 Path(f"models/{variant}.txt").write_text(variant)
 """
@@ -376,14 +379,13 @@ def workspace(tmp_path, monkeypatch, prefect_api):
     monkeypatch.setattr(fp, "ROOT", repo)
     monkeypatch.setattr(fp, "check_config", lambda *a, **k: None)  # this repo has no params.yaml to check
 
-    def run_here(group, items, address, cpus, gpus, env=None):
-        results = []
-        for i in items:
-            try:
-                results.append(par.run_item.fn(i["name"], i["cmd"], i["wdir"], ""))
-            except fp.FlowError as e:
-                results.append(e)
-        return results
+    def run_here(group, items, address, cpus, gpus, env=None, policy=None, root=None):
+        """run_on_ray's subflow with Prefect's thread pool (one item at a time) in place of Ray."""
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        runner = ThreadPoolTaskRunner(max_workers=1)
+        record = str(par.record_dir(root))
+        return par.ray_items.with_options(task_runner=runner)(group, items, "", cpus, gpus, {}, policy, record)
 
     monkeypatch.setattr(par, "run_on_ray", run_here)
     return repo, log
@@ -400,7 +402,7 @@ def test_failed_item_is_not_committed_and_only_it_reruns(workspace, capsys):
     assert fp.main(["--ray-address", "auto"]) == 1
     assert not (repo / "models/c.txt").exists()
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert errors == ["error: finetune@c: failed with exit code 2 (its output is in the task's log)"]
+    assert errors == ["error: finetune@c failed with exit code 2: the stage crashed (exit 2): a bug a rerun repeats"]
     status = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True).stdout
     assert "finetune@c" in status and "finetune@a" not in status and "finetune@b" not in status
 
@@ -408,6 +410,32 @@ def test_failed_item_is_not_committed_and_only_it_reruns(workspace, capsys):
     assert fp.main(["--ray-address", "auto"]) == 0
     assert log.read_text().split() == ["a", "b", "c", "c"]  # the second run ran c alone
     assert subprocess.run(["dvc", "status", "--quiet"], cwd=repo).returncode == 0
+
+
+RETRIED = "; may heal, retried while retries remain"
+
+
+@pytest.mark.parametrize(
+    ("fail", "runs", "code", "logged"),
+    [  # (what fail-c says, runs of c, the flow's exit code, the line logged per failed run)
+        ("kill 1", 2, 0, "the stage was killed by SIGKILL (out of memory?)" + RETRIED),
+        (f"{EXIT_TRANSIENT} 3", 3, 1, "the stage reported a failure that may heal (network, timeout, memory)"
+                                      + RETRIED),
+        (f"{EXIT_BAD_INPUT} 1", 1, 1, "the stage's own error (bad params, data or files): it fails the same way again"
+                                      "; not retried"),
+    ],
+)  # fmt: skip
+def test_an_item_is_retried_only_when_its_failure_may_heal(workspace, caplog, fail, runs, code, logged):
+    """As a serial stage is: killed (out of memory?) or EXIT_TRANSIENT, retried up to flow.retries (2) times;
+    the stage's own error (EXIT_BAD_INPUT) runs once. The log says which and why."""
+    repo, log = workspace
+    (repo / "params.yaml").write_text("flow: {retries: 2, retry_delay_s: 0}\ncompare: {mlflow: false}\n")
+    (repo / "fail-c").write_text(fail)
+    assert fp.main(["--ray-address", "auto"]) == code
+    assert log.read_text().split().count("c") == runs
+    failures = runs if code else runs - 1
+    assert caplog.text.count(f"finetune@c: {logged}") == failures, caplog.text[-3000:]
+    assert (subprocess.run(["dvc", "status", "--quiet"], cwd=repo).returncode == 0) == (code == 0)
 
 
 def test_checking_the_config_leaves_the_stages_thread_settings_alone():

@@ -1,5 +1,7 @@
 """Variants in parallel on a local Ray cluster the test starts (2 CPUs): two matrix items run at once, DVC records
-both in dvc.lock, `dvc status` is clean afterwards and a second run runs nothing.
+both in dvc.lock, `dvc status` is clean afterwards and a second run runs nothing. A stop (SIGTERM to the flow,
+Ctrl-C to its group) while the items run ends every item's process group, the flow's Ray cluster and its Prefect
+API, exits 143 / 130 within 30 s, and the next run completes.
 
 The workspace is a minimal DVC repo of the real pipeline's shape (select -> finetune@{a,b} -> compare) whose
 finetune command sleeps 3 s and logs when it started and ended: the fan-out logic is the same for any command,
@@ -8,12 +10,16 @@ and a real fine-tune would cost minutes here.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import yaml
 
 import flows.pipeline as fp
+from tests.test_flows_stop import flow_workspace, left_of, md5, stop_during_slow
 
 pytestmark = pytest.mark.server
 
@@ -86,3 +92,62 @@ def test_two_matrix_items_run_at_once_and_dvc_records_them(tmp_path, monkeypatch
             assert len(log.read_text().splitlines()) == 2
     finally:
         ray.shutdown()
+
+
+STUBBORN_ITEM = """\
+import os, signal, sys, time
+from pathlib import Path
+variant = sys.argv[1]
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worst case: only the grace's SIGKILL ends it
+(Path(os.environ["STEP_MARKS"]) / f"started-{variant}").write_text(str(os.getpid()))
+time.sleep(float(os.environ.get("STEP_SLEEP", "0")))
+out = Path(f"models/{variant}.txt")
+out.parent.mkdir(exist_ok=True)
+tmp = out.with_name(out.name + ".tmp")  # written aside, renamed when complete
+tmp.write_text("m" + variant)
+tmp.rename(out)
+"""
+PREP = "import pathlib; pathlib.Path('data').mkdir(exist_ok=True); pathlib.Path('data/p.txt').write_text('p')"
+
+
+@pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_a_stop_during_the_fan_out_ends_every_item_and_the_next_run_completes(tmp_path, signum, to_group):
+    """`python -m flows.pipeline --ray-address auto` (its own local Ray cluster and temporary Prefect API), both
+    finetune items running on Ray and ignoring SIGTERM: SIGTERM to the flow, or SIGINT to its group as a terminal's
+    Ctrl-C, ends within 30 s with 128 + the signal, no traceback, and nothing of the run left (item, Ray worker,
+    raylet, Prefect server); the next run finishes both items and `dvc status` is clean."""
+    pytest.importorskip("ray")
+    pytest.importorskip("prefect_ray")
+    stages = {
+        "prep": {"cmd": f'python -c "{PREP}"', "outs": ["data/p.txt"]},
+        "finetune": {
+            "matrix": {"variant": ["a", "b"]},
+            "cmd": "python item.py ${item.variant}",
+            "deps": ["item.py", "data/p.txt"],
+            "outs": ["models/${item.variant}.txt"],
+        },
+    }
+    params = "flow: {retries: 2, retry_delay_s: 0, stop_grace_s: 2}\ncompare: {mlflow: false}\n"
+    repo, env = flow_workspace(tmp_path, stages, {"item.py": STUBBORN_ITEM}, params)
+    with (repo / "flows/preflight.py").open("a") as f:  # the stand-in finetune has none of the real one's params
+        f.write('\nCHECKS.pop("finetune", None)\n')
+    env = {**env, "STEP_SLEEP": "300", "RAY_DISABLE_USAGE_STATS": "1"}
+    cmd = ("-m", "flows.pipeline", "--ray-address", "auto")
+
+    code, took, err = stop_during_slow(repo, env, [signum], to_group, cmd=cmd, started=("started-a", "started-b"))
+    assert code == 128 + signum, err[-3000:]
+    assert took < 30, took
+    assert f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err, err[-3000:]
+    deadline = time.monotonic() + 10  # Ray's own processes end with their driver, not before it
+    while (left := left_of(env["STOP_TEST_RUN"])) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == []
+    assert not (repo / "models/a.txt").exists() and not (repo / "models/b.txt").exists()
+
+    rerun = subprocess.run([sys.executable, *cmd], cwd=repo, env={**env, "STEP_SLEEP": "0"}, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    assert _dvc("status", "--quiet", cwd=repo).returncode == 0
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert [lock[f"finetune@{v}"]["outs"][0]["md5"] for v in "ab"] == [md5("ma"), md5("mb")]
+    assert left_of(env["STOP_TEST_RUN"]) == []
