@@ -4,6 +4,7 @@ unreachable API is one error line, and the served deployment is the one prefect.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -13,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -388,6 +390,10 @@ def workspace(tmp_path, monkeypatch, prefect_api):
         return par.ray_items.with_options(task_runner=runner)(group, items, "", cpus, gpus, {}, policy, record)
 
     monkeypatch.setattr(par, "run_on_ray", run_here)
+    # Ray's per-task options mean nothing to the thread pool; the default install has no prefect-ray (an extra)
+    options = types.ModuleType("prefect_ray.context")
+    options.remote_options = lambda **kw: contextlib.nullcontext()
+    monkeypatch.setitem(sys.modules, "prefect_ray.context", options)
     return repo, log
 
 
